@@ -1,0 +1,30 @@
+"""specdiff: lossless speculative decoding with a masked-diffusion drafter (SpecDiff-2)."""
+
+from specdiff.drafters import AutoregressiveDrafter, DiffusionDrafter, Draft, Drafter
+from specdiff.engine import (
+    DecodingConfig,
+    GenerationResult,
+    StepRecord,
+    autoregressive_generate,
+    speculative_generate,
+    stream_generate,
+)
+from specdiff.sampling import SamplingConfig
+from specdiff.verifier import Verifier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoregressiveDrafter",
+    "DecodingConfig",
+    "DiffusionDrafter",
+    "Draft",
+    "Drafter",
+    "GenerationResult",
+    "SamplingConfig",
+    "StepRecord",
+    "Verifier",
+    "autoregressive_generate",
+    "speculative_generate",
+    "stream_generate",
+]

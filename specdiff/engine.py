@@ -1,0 +1,167 @@
+"""The decoding loop: draft, verify, accept, commit. Streaming and collected decoding,
+speculative and plain autoregressive, all share ``stream_generate``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from specdiff.acceptance import greedy_accept, rejection_accept
+from specdiff.drafters.base import Drafter
+from specdiff.sampling import SamplingConfig, logits_to_probs
+from specdiff.verifier import Verifier
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """gamma: draft length; num_drafts: K candidate drafts per step; sampling: the
+    verifier's (the output distribution); draft_sampling: the drafter's (defaults to
+    the verifier's)."""
+
+    gamma: int = 16
+    num_drafts: int = 1
+    max_new_tokens: int = 128
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    draft_sampling: SamplingConfig | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gamma < 1:
+            raise ValueError(f"gamma (draft length) must be >= 1, got {self.gamma}")
+        if self.num_drafts < 1:
+            raise ValueError(f"num_drafts must be >= 1, got {self.num_drafts}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def drafting(self) -> SamplingConfig:
+        return self.draft_sampling or self.sampling
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    drafted: int  # draft tokens proposed per candidate (0 for a plain verifier step)
+    accepted: int  # draft tokens accepted
+    candidate: int  # which of the K candidates they came from
+    new_tokens: list[int]  # tokens committed this step (accepted + the verifier's own)
+    draft_seconds: float
+    verify_seconds: float
+
+
+@dataclass
+class GenerationResult:
+    prompt_length: int
+    tokens: list[int]  # the new tokens
+    steps: list[StepRecord]
+    seconds: float
+    stop_reason: str  # "eos" or "length"
+
+    @property
+    def verifier_calls(self) -> int:
+        return len(self.steps)
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens committed per verifier call, the verifier's own token included."""
+        return len(self.tokens) / max(1, len(self.steps))
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
+
+
+def check_inputs(prompt_ids: Tensor, verifier: Verifier, drafter: Drafter | None, config: DecodingConfig) -> None:
+    if prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1:
+        raise ValueError(f"prompt_ids must have shape [1, length] (batch size 1), got {tuple(prompt_ids.shape)}")
+    if prompt_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if verifier.max_length and prompt_ids.shape[1] + config.max_new_tokens + config.gamma > verifier.max_length:
+        raise ValueError(
+            f"prompt ({prompt_ids.shape[1]} tokens) + max_new_tokens ({config.max_new_tokens}) + gamma "
+            f"({config.gamma}) exceeds the verifier's context of {verifier.max_length} tokens: "
+            "shorten the prompt or lower max_new_tokens"
+        )
+    if drafter is not None and drafter.vocab_size != verifier.vocab_size:
+        raise ValueError(
+            f"the drafter's vocabulary ({drafter.vocab_size}) differs from the verifier's "
+            f"({verifier.vocab_size}): the drafter must share the verifier's tokenizer"
+        )
+
+
+def stream_generate(
+    prompt_ids: Tensor,
+    verifier: Verifier,
+    drafter: Drafter | None,
+    config: DecodingConfig,
+    eos_token_ids: set[int] | frozenset[int] = frozenset(),
+) -> Iterator[StepRecord]:
+    """Yield one StepRecord per verifier call. ``drafter=None`` decodes plainly (one token
+    per call) through the same loop. Stops exactly at an EOS token or max_new_tokens."""
+    check_inputs(prompt_ids, verifier, drafter, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    context = prompt_ids[0].tolist()
+    verifier.prefill(prompt_ids)
+    if drafter is not None:
+        drafter.reset()
+    produced = 0
+    while produced < config.max_new_tokens:
+        started = time.perf_counter()
+        # Never draft past max_new_tokens: the verifier adds one token of its own.
+        gamma = 0 if drafter is None else min(config.gamma, config.max_new_tokens - produced - 1)
+        if gamma > 0:
+            draft = drafter.draft(torch.tensor([context]), gamma, config.drafting, config.num_drafts, generator)
+            draft_tokens, draft_probs = draft.tokens, draft.draft_probs
+        else:
+            draft_tokens, draft_probs = torch.zeros(1, 0, dtype=torch.long), None
+        drafted = time.perf_counter()
+
+        roots = torch.full((draft_tokens.shape[0], 1), context[-1], dtype=torch.long)
+        target_logits = verifier.score(torch.cat([roots, draft_tokens], dim=1))  # [K, 1 + gamma, vocab]
+        if config.sampling.greedy:
+            acceptance = greedy_accept(draft_tokens, target_logits)
+        else:
+            target_probs = logits_to_probs(target_logits, config.sampling)
+            acceptance = rejection_accept(draft_tokens, draft_probs, target_probs, generator)
+        verifier.commit(acceptance.candidate, acceptance.num_accepted)
+        verified = time.perf_counter()
+
+        new_tokens = draft_tokens[acceptance.candidate, : acceptance.num_accepted].tolist() + [acceptance.next_token]
+        new_tokens = new_tokens[: config.max_new_tokens - produced]
+        eos_at = next((i for i, token in enumerate(new_tokens) if token in eos_token_ids), None)
+        if eos_at is not None:
+            new_tokens = new_tokens[: eos_at + 1]
+        context.extend(new_tokens)
+        produced += len(new_tokens)
+        yield StepRecord(gamma, acceptance.num_accepted, acceptance.candidate, new_tokens,
+                         drafted - started, verified - drafted)
+        if eos_at is not None:
+            return
+
+
+def generate(
+    prompt_ids: Tensor,
+    verifier: Verifier,
+    drafter: Drafter | None,
+    config: DecodingConfig,
+    eos_token_ids: set[int] | frozenset[int] = frozenset(),
+) -> GenerationResult:
+    """Collect ``stream_generate``: speculative with a drafter, plain with ``drafter=None``."""
+    started = time.perf_counter()
+    steps = list(stream_generate(prompt_ids, verifier, drafter, config, eos_token_ids))
+    tokens = [token for step in steps for token in step.new_tokens]
+    stop = "eos" if tokens and tokens[-1] in eos_token_ids else "length"
+    return GenerationResult(prompt_ids.shape[1], tokens, steps, time.perf_counter() - started, stop)
+
+
+def speculative_generate(prompt_ids, drafter, verifier, config, eos_token_ids=frozenset()) -> GenerationResult:
+    """Speculative decoding: the verifier's own output, faster."""
+    return generate(prompt_ids, verifier, drafter, config, eos_token_ids)
+
+
+def autoregressive_generate(prompt_ids, verifier, config, eos_token_ids=frozenset()) -> GenerationResult:
+    """Plain decoding through the same verifier and loop: the reference output."""
+    return generate(prompt_ids, verifier, None, config, eos_token_ids)

@@ -1,0 +1,34 @@
+"""Tiny random models built in code: no downloads, fast on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+TINY_VOCAB = 32
+
+
+def tiny_causal_lm(kind: str = "llama", seed: int = 0, vocab: int = TINY_VOCAB, layers: int = 2, logit_scale: float = 1.0):
+    """A random causal LM; ``logit_scale`` sharpens its distributions."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  attn_implementation="sdpa")
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(logit_scale)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def verifier_model():
+    return tiny_causal_lm("llama", seed=0, logit_scale=30.0)
+
+
+@pytest.fixture(scope="session")
+def drafter_model():
+    return tiny_causal_lm("qwen2", seed=1, logit_scale=30.0)
