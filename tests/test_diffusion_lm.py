@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from conftest import tiny_causal_lm
+from specdiff.drafters.diffusion import DiffusionDrafter, block_attention_mask, chunk_bounds
+from specdiff.models.diffusion_lm import DiffusionLM, DiffusionLMConfig
+from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.sampling import SamplingConfig
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_whole_stack_with_causal_mask_reproduces_the_base_model(kind):
+    base = tiny_causal_lm(kind, seed=3)
+    network = diffusion_lm_from_causal_lm(base)
+    ids = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(0))
+    hidden, _ = network(ids, torch.arange(12)[None], torch.ones(12, 12, dtype=torch.bool).tril()[None])
+    assert torch.allclose(network.lm_head(hidden), base(ids).logits, atol=1e-5)
+
+
+def test_truncated_stack_keeps_first_layers_and_head():
+    base = tiny_causal_lm("llama", seed=3, layers=3)
+    network = diffusion_lm_from_causal_lm(base, num_layers=1)
+    assert len(network.layers) == 1
+    assert torch.equal(network.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    assert torch.equal(network.lm_head.weight, base.lm_head.weight)
+
+
+def test_mask_token_is_outside_the_vocabulary():
+    network = DiffusionLM(DiffusionLMConfig(32, 16, 32, 1, 2, 1, 8))
+    assert network.config.mask_token_id == 32
+    assert network.lm_head.out_features == 32
+
+
+def test_block_mask_is_prefix_causal_and_block_bidirectional():
+    mask = block_attention_mask(num_past=2, num_new=2, block=3)[0].int().tolist()
+    assert mask == [
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 1, 1],
+    ]
+
+
+def test_chunks_cover_slots_left_to_right():
+    assert chunk_bounds(5, 2) == [(0, 2), (2, 5)]
+    assert chunk_bounds(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    with pytest.raises(ValueError, match="steps"):
+        chunk_bounds(4, 5)
+
+
+def test_cached_drafting_equals_uncached():
+    """Reusing the prefix cache across steps gives the same marginals as a fresh pass."""
+    network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
+    greedy = SamplingConfig()
+    cached = DiffusionDrafter(network)
+    cached.draft(torch.tensor([[1, 2, 3]]), 4, greedy)
+    step_two = cached.draft(torch.tensor([[1, 2, 3, 7, 8]]), 4, greedy)
+    fresh = DiffusionDrafter(network).draft(torch.tensor([[1, 2, 3, 7, 8]]), 4, greedy)
+    assert torch.equal(step_two.tokens, fresh.tokens)
+    assert torch.allclose(step_two.draft_probs, fresh.draft_probs)
+
+
+def test_first_slot_of_whole_stack_drafter_is_base_models_next_token():
+    """Shifted logits: the last prefix position predicts the first draft slot."""
+    base = tiny_causal_lm("qwen2", seed=5)
+    drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(base))
+    prefix = torch.tensor([[4, 9, 2, 11]])
+    draft = drafter.draft(prefix, 3, SamplingConfig())
+    assert int(draft.tokens[0, 0]) == int(base(prefix).logits[0, -1].argmax())
+
+
+def test_one_pass_drafts_share_marginals_and_differ_in_tokens():
+    drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5)))
+    draft = drafter.draft(torch.tensor([[1, 2]]), 6, SamplingConfig(temperature=2.0), num_drafts=8,
+                          generator=torch.Generator().manual_seed(0))
+    assert draft.tokens.shape == (8, 6) and draft.draft_probs.shape == (8, 6, 32)
+    assert torch.equal(draft.draft_probs[0], draft.draft_probs[7])
+    assert len({tuple(row) for row in draft.tokens.tolist()}) > 1

@@ -1,0 +1,79 @@
+"""Greedy speculative output equals plain greedy output token for token."""
+
+import pytest
+import torch
+
+from conftest import tiny_causal_lm
+from specdiff import (AutoregressiveDrafter, DecodingConfig, DiffusionDrafter, SamplingConfig, Verifier,
+                      autoregressive_generate, speculative_generate, stream_generate)
+from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+
+PROMPTS = [[1, 2, 3, 4, 5], [7], [30, 2, 2, 2, 9, 14, 3, 3, 0, 1, 20]]
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    return Verifier(tiny_causal_lm("llama", seed=0, logit_scale=30.0))
+
+
+def make_drafter(kind, verifier, steps):
+    if kind == "self":  # the verifier drafting for itself: every greedy draft token is accepted
+        return AutoregressiveDrafter(verifier.model)
+    base = tiny_causal_lm("qwen2", seed=1, logit_scale=30.0)
+    if kind == "ar":
+        return AutoregressiveDrafter(base)
+    return DiffusionDrafter(diffusion_lm_from_causal_lm(base), steps=steps)
+
+
+@pytest.mark.parametrize("kind, steps", [("ar", 1), ("diffusion", 1), ("diffusion", 3), ("self", 1)])
+@pytest.mark.parametrize("gamma", [1, 4, 7])
+def test_speculative_greedy_equals_plain_greedy(verifier, kind, steps, gamma):
+    drafter = make_drafter(kind, verifier, steps)
+    for prompt in PROMPTS:
+        prompt_ids = torch.tensor([prompt])
+        config = DecodingConfig(gamma=gamma, max_new_tokens=30)
+        reference = autoregressive_generate(prompt_ids, verifier, config)
+        result = speculative_generate(prompt_ids, drafter, verifier, config)
+        assert result.tokens == reference.tokens
+        assert len(result.tokens) == 30
+        assert all(step.drafted <= gamma for step in result.steps)
+
+
+def test_self_drafting_accepts_everything(verifier):
+    drafter = make_drafter("self", verifier, 1)
+    result = speculative_generate(torch.tensor([PROMPTS[0]]), drafter, verifier, DecodingConfig(gamma=4, max_new_tokens=25))
+    assert result.tau == 5.0
+    assert result.verifier_calls == 5
+
+
+@pytest.mark.parametrize("num_drafts", [2, 5])
+def test_multi_draft_greedy_equals_plain_greedy(verifier, num_drafts):
+    drafter = make_drafter("diffusion", verifier, 1)
+    config = DecodingConfig(gamma=5, max_new_tokens=30, num_drafts=num_drafts,
+                            draft_sampling=SamplingConfig(temperature=1.5))
+    for prompt in PROMPTS:
+        prompt_ids = torch.tensor([prompt])
+        reference = autoregressive_generate(prompt_ids, verifier, config)
+        assert speculative_generate(prompt_ids, drafter, verifier, config).tokens == reference.tokens
+
+
+def test_stops_exactly_at_eos_and_never_overshoots(verifier):
+    prompt_ids = torch.tensor([PROMPTS[0]])
+    reference = autoregressive_generate(prompt_ids, verifier, DecodingConfig(max_new_tokens=30)).tokens
+    eos = reference[12]
+    first_eos = reference.index(eos)
+    drafter = make_drafter("self", verifier, 1)
+    result = speculative_generate(prompt_ids, drafter, verifier, DecodingConfig(gamma=7, max_new_tokens=30), {eos})
+    assert result.tokens == reference[: first_eos + 1]
+    assert result.stop_reason == "eos"
+    for max_new in (1, 2, 9):
+        capped = speculative_generate(prompt_ids, drafter, verifier, DecodingConfig(gamma=7, max_new_tokens=max_new))
+        assert capped.tokens == reference[:max_new]
+
+
+def test_streaming_yields_the_collected_tokens(verifier):
+    prompt_ids = torch.tensor([PROMPTS[2]])
+    drafter = make_drafter("diffusion", verifier, 1)
+    config = DecodingConfig(gamma=3, max_new_tokens=20)
+    streamed = [token for step in stream_generate(prompt_ids, verifier, drafter, config) for token in step.new_tokens]
+    assert streamed == speculative_generate(prompt_ids, drafter, verifier, config).tokens

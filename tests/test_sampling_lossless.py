@@ -1,0 +1,119 @@
+"""Sampling is lossless: the empirical distribution of generated sequences matches the
+verifier's exact sequence distribution; deliberately broken variants must fail the check.
+
+Tiny vocabulary (3 tokens, token 2 = EOS), 3 new tokens: 15 possible continuations,
+whose exact probabilities are enumerated from the verifier. At NUM_SAMPLES = 3000 an
+honest sampler's expected TV distance is about 0.025; TV_BOUND = 0.06.
+"""
+
+import pytest
+import torch
+
+from conftest import tiny_causal_lm
+from exact import distribution_tv, expected_sampling_tv, sequence_distribution, total_variation
+from specdiff import AutoregressiveDrafter, DecodingConfig, DiffusionDrafter, Draft, SamplingConfig, Verifier
+from specdiff import engine
+from specdiff.acceptance import Acceptance
+from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+
+NUM_SAMPLES = 3000
+TV_BOUND = 0.06
+PROMPT = [0, 1]
+EOS = 2
+MAX_NEW = 3
+SAMPLING = SamplingConfig(temperature=1.0)
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    return Verifier(tiny_causal_lm("llama", seed=0, vocab=3, logit_scale=2.0))
+
+
+@pytest.fixture(scope="module")
+def draft_base():
+    return tiny_causal_lm("qwen2", seed=1, vocab=3, logit_scale=2.0)
+
+
+@pytest.fixture(scope="module")
+def exact(verifier):
+    return sequence_distribution(verifier.model, PROMPT, MAX_NEW, SAMPLING, EOS)
+
+
+def sample_sequences(verifier, drafter, config: DecodingConfig) -> list[tuple[int, ...]]:
+    torch.set_num_threads(1)  # tiny models: threading overhead dominates
+    prompt_ids = torch.tensor([PROMPT])
+    samples = []
+    for seed in range(NUM_SAMPLES):
+        run = DecodingConfig(gamma=config.gamma, num_drafts=config.num_drafts, max_new_tokens=MAX_NEW,
+                             sampling=config.sampling, draft_sampling=config.draft_sampling, seed=seed)
+        samples.append(tuple(engine.generate(prompt_ids, verifier, drafter, run, {EOS}).tokens))
+    return samples
+
+
+def test_the_check_has_power(exact, draft_base):
+    """The drafter's own distribution is far from the verifier's, and the bound is well above noise."""
+    assert distribution_tv(exact, sequence_distribution(draft_base, PROMPT, MAX_NEW, SAMPLING, EOS)) > 0.4
+    assert expected_sampling_tv(exact, NUM_SAMPLES) < TV_BOUND / 2
+
+
+@pytest.mark.parametrize("name, steps, num_drafts, draft_temperature", [
+    ("plain", None, 1, None),
+    ("autoregressive", None, 1, None),
+    ("diffusion one pass", 1, 1, None),
+    ("diffusion two steps left to right", 2, 1, None),
+    ("diffusion K=3 drafts", 1, 3, 1.5),
+])
+def test_speculative_sampling_matches_verifier(verifier, draft_base, exact, name, steps, num_drafts, draft_temperature):
+    if name == "plain":
+        drafter = None
+    elif steps is None:
+        drafter = AutoregressiveDrafter(draft_base)
+    else:
+        drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(draft_base), steps=steps)
+    draft_sampling = SamplingConfig(temperature=draft_temperature) if draft_temperature else None
+    config = DecodingConfig(gamma=2, num_drafts=num_drafts, sampling=SAMPLING, draft_sampling=draft_sampling)
+    tv = total_variation(exact, sample_sequences(verifier, drafter, config))
+    print(f"{name}: TV {tv:.4f} (bound {TV_BOUND})")
+    assert tv < TV_BOUND, f"{name}: TV {tv:.3f} >= {TV_BOUND}"
+
+
+def test_always_accept_rule_fails_the_check(verifier, draft_base, exact, monkeypatch):
+    def always_accept(draft_tokens, draft_probs, target_probs, generator):
+        gamma = draft_tokens.shape[1]
+        bonus = int(torch.multinomial(target_probs[0, gamma], 1, generator=generator))
+        return Acceptance(0, gamma, bonus)
+
+    monkeypatch.setattr(engine, "rejection_accept", always_accept)
+    drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(draft_base))
+    tv = total_variation(exact, sample_sequences(verifier, drafter, DecodingConfig(gamma=2, sampling=SAMPLING)))
+    print(f"negative control: TV {tv:.4f} (bound {TV_BOUND})")
+    assert tv > TV_BOUND, f"negative control passed the check: TV {tv:.3f}"
+
+
+class RightToLeftDrafter:
+    """Reveals slot 2 first, then draws slot 1 copying slot 2 with probability 0.9, and
+    reports the distributions the tokens were drawn from. Slot 1's distribution thus
+    depends on a token to its RIGHT: the order the library refuses to offer."""
+
+    vocab_size = 3
+
+    def reset(self):
+        pass
+
+    def draft(self, prefix, gamma, sampling, num_drafts=1, generator=None):
+        uniform = torch.full((self.vocab_size,), 1 / self.vocab_size)
+        probs = torch.zeros(gamma, self.vocab_size)
+        tokens = torch.zeros(gamma, dtype=torch.long)
+        for slot in reversed(range(gamma)):
+            if slot == gamma - 1:
+                probs[slot] = uniform
+            else:
+                probs[slot] = 0.9 * torch.nn.functional.one_hot(tokens[slot + 1], self.vocab_size) + 0.1 * uniform
+            tokens[slot] = torch.multinomial(probs[slot], 1, generator=generator)
+        return Draft(tokens=tokens[None], draft_probs=probs[None])
+
+
+def test_out_of_order_drafter_fails_the_check(verifier, exact):
+    tv = total_variation(exact, sample_sequences(verifier, RightToLeftDrafter(), DecodingConfig(gamma=2, sampling=SAMPLING)))
+    print(f"negative control: TV {tv:.4f} (bound {TV_BOUND})")
+    assert tv > TV_BOUND, f"negative control passed the check: TV {tv:.3f}"
