@@ -1,0 +1,68 @@
+"""Save and load a diffusion drafter as a small folder of trained deltas.
+
+Layout: ``drafter.json`` (base model spec, number of layers, LoRA settings, model card
+facts) and ``deltas.safetensors`` (every tensor that differs from the base: LoRA factors
+``<module>.lora_A`` / ``<module>.lora_B``, norms, the MASK embedding, ...). Base weights come
+from the base model at load time, so a drafter ships in a few MB.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from specdiff.models.diffusion_lm import DiffusionLM
+from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+
+DRAFTER_CONFIG = "drafter.json"
+DRAFTER_DELTAS = "deltas.safetensors"
+SHIPPED_DRAFTERS = {"specdiff-qwen2.5-coder-1.5b": "specdiff_qwen2.5_coder_1.5b"}
+
+
+def shipped_drafter_dir(name: str) -> Path | None:
+    if name not in SHIPPED_DRAFTERS:
+        return None
+    folder = Path(str(resources.files("specdiff") / "artifacts" / SHIPPED_DRAFTERS[name]))
+    if not (folder / DRAFTER_CONFIG).is_file():
+        raise FileNotFoundError(f"the shipped drafter {name!r} is missing from this installation ({folder})")
+    return folder
+
+
+def save_drafter(folder: Path, deltas: dict[str, torch.Tensor], config: dict) -> None:
+    """Write the drafter folder; ``config`` needs at least ``base`` and ``num_layers``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in deltas.items()},
+              str(folder / DRAFTER_DELTAS))
+    (folder / DRAFTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def apply_deltas(network: DiffusionLM, deltas: dict[str, torch.Tensor], lora_scale: float) -> None:
+    """Overwrite plain tensors and merge LoRA factors: W <- W + scale * B @ A."""
+    params = dict(network.named_parameters())
+    with torch.no_grad():
+        for name, tensor in deltas.items():
+            if name.endswith(".lora_A"):
+                module = name[: -len(".lora_A")]
+                lora_b = deltas[f"{module}.lora_B"]
+                weight = params[f"{module}.weight"]
+                weight += (lora_scale * lora_b.float() @ tensor.float()).to(weight.dtype)
+            elif not name.endswith(".lora_B"):
+                params[name].copy_(tensor.to(params[name].dtype))
+
+
+def load_diffusion_lm(folder: Path, dtype: str = "float32"):
+    """(network, tokenizer) of a saved drafter: base layers plus the saved deltas."""
+    from specdiff.models.loading import load_causal_lm
+
+    config = json.loads((folder / DRAFTER_CONFIG).read_text())
+    base, tokenizer = load_causal_lm(config["base"], dtype)
+    network = diffusion_lm_from_causal_lm(base, config["num_layers"])
+    del base
+    lora = config.get("lora") or {}
+    scale = lora["alpha"] / lora["r"] if lora else 1.0
+    apply_deltas(network, load_file(str(folder / DRAFTER_DELTAS)), scale)
+    return network.eval(), tokenizer

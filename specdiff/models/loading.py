@@ -1,0 +1,92 @@
+"""Load causal LMs and tokenizers by name (packaged models), local folder or Hub id."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from specdiff.models.prepare import ModelUnavailableError, is_prepared, prepare
+from specdiff.models.registry import PACKAGED_MODELS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_folder(spec: str) -> str:
+    """A folder or Hub id transformers can load: packaged models are prepared on first use."""
+    if spec in PACKAGED_MODELS:
+        if not is_prepared(PACKAGED_MODELS[spec]):
+            print(f"preparing {spec} once (specdiff models prepare {spec}) ...", file=sys.stderr)
+        return str(prepare(spec))
+    return spec
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    folder = resolve_model_folder(spec)
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise ModelUnavailableError(_not_loadable(spec, error)) from None
+
+
+def load_causal_lm(spec: str, dtype: str = "float32"):
+    """(model, tokenizer) for a named model, a local folder or a Hub id. fp32 by default:
+    on AVX2 CPUs bf16 is emulated and makes multi-token verification about 3x slower."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    folder = resolve_model_folder(spec)
+    tokenizer = load_tokenizer(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="sdpa")
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelUnavailableError(_not_loadable(spec, error)) from None
+    return model.eval(), tokenizer
+
+
+def _not_loadable(spec: str, error: Exception) -> str:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if Path(spec).exists():
+        return f"cannot load model from {spec}: {first_line} (is the folder complete and uncorrupted?)"
+    return (
+        f"cannot load model {spec!r}: not a named model (see `specdiff models list`), not a local folder, "
+        f"and not loadable as a Hugging Face Hub id ({first_line})"
+    )
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends generation: the tokenizer's EOS and the generation config's."""
+    ids = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids.update(configured if isinstance(configured, list) else [configured])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def encode_prompt(tokenizer, text: str, chat: bool = True) -> torch.Tensor:
+    """[1, length] token ids; with ``chat`` the model's chat template (if it has one) wraps
+    ``text`` as a user turn and opens the assistant's turn."""
+    if not text:
+        raise ValueError("the prompt is empty: give some text")
+    if chat and tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+    else:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return torch.tensor([list(ids)], dtype=torch.long)
+
+
+def check_same_tokenizer(verifier_tokenizer, drafter_tokenizer) -> None:
+    if verifier_tokenizer.get_vocab() != drafter_tokenizer.get_vocab():
+        raise ValueError(
+            "the drafter's tokenizer differs from the verifier's: speculative decoding needs a drafter "
+            "that shares the verifier's tokenizer (e.g. qwen2.5-coder-0.5b-instruct for qwen2.5-coder-1.5b-instruct)"
+        )

