@@ -32,11 +32,11 @@ def test_mask_token_is_outside_the_vocabulary():
 
 
 def test_block_mask_is_prefix_causal_and_block_bidirectional():
-    mask = block_attention_mask(num_past=2, num_new=2, block=3)[0].int().tolist()
+    mask = block_attention_mask(num_past=2, num_causal=2, block=3)[0].int().tolist()
     assert mask == [
         [1, 1, 1, 0, 0, 0, 0],
         [1, 1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 0, 0],  # block row 0: the last committed token, causal
         [1, 1, 1, 1, 1, 1, 1],
         [1, 1, 1, 1, 1, 1, 1],
     ]
@@ -77,3 +77,18 @@ def test_one_pass_drafts_share_marginals_and_differ_in_tokens():
     assert draft.tokens.shape == (8, 6) and draft.draft_probs.shape == (8, 6, 32)
     assert torch.equal(draft.draft_probs[0], draft.draft_probs[7])
     assert len({tuple(row) for row in draft.tokens.tolist()}) > 1
+
+
+def test_adapters_change_block_rows_only():
+    base = tiny_causal_lm("qwen2", seed=5)
+    network = diffusion_lm_from_causal_lm(base)
+    ids = torch.randint(0, 32, (1, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(10, 10, dtype=torch.bool).tril()[None]
+    before, _ = network(ids, torch.arange(10)[None], mask, adapted_from=6)
+    network.add_lora(rank=4, alpha=8)
+    for module in network.modules():
+        if getattr(module, "lora_rank", 0):
+            torch.nn.init.normal_(module.lora_B)
+    after, _ = network(ids, torch.arange(10)[None], mask, adapted_from=6)
+    assert torch.allclose(before[:, :6], after[:, :6])
+    assert not torch.allclose(before[:, 6:], after[:, 6:])

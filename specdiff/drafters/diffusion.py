@@ -1,14 +1,19 @@
 """The masked-diffusion drafter: a whole block of gamma tokens from one denoising pass.
 
-Step 1 appends gamma MASK tokens to the prefix; one forward pass gives a marginal
-q_j for every slot (shifted logits: the last prefix position predicts slot 0, mask
-slot j - 1 predicts slot j). With ``steps > 1`` the slots are split into ``steps``
-contiguous chunks committed LEFT TO RIGHT: chunk s is sampled from a pass in which
-chunks < s are filled in and later slots are still masked. So slot j's distribution
-depends only on the prefix and on draft tokens to its left, which is what keeps
-rejection sampling exact. (Orders that reveal later slots first would make
-``draft_probs[j]`` depend on tokens to the right and bias the output; they are not
-offered.)
+The drafter caches every committed token but the last. A pass runs the not-yet-cached
+committed tokens causally (their keys and values join the cache) followed by the draft
+block ``[last token, MASK x (gamma - 1)]``. Logits are shifted: block row 0 (the last
+committed token) predicts slot 0, block row j (a MASK standing at slot j - 1's position)
+predicts slot j. Block row 0 sees only the prefix and itself, so an untrained drafter cut
+from a causal LM starts with that LM's next-token prediction in slot 0; the other rows
+see the prefix and the whole block. Adapters, if any, act on block rows only.
+
+With ``steps > 1`` slots are committed LEFT TO RIGHT in ``steps`` contiguous chunks:
+chunk s is sampled from a pass in which chunks < s are filled in and later slots are
+still masked, so slot j's distribution depends only on the prefix and on draft tokens to
+its left, which keeps rejection sampling exact. (Orders that reveal later slots first
+would make ``draft_probs[j]`` depend on tokens to its right and bias the output; they are
+not offered.)
 """
 
 from __future__ import annotations
@@ -29,14 +34,14 @@ def chunk_bounds(gamma: int, steps: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def block_attention_mask(num_past: int, num_new: int, block: int) -> Tensor:
-    """[1, num_new + block, num_past + num_new + block] bool: new prefix tokens attend
-    causally, the mask block attends to everything before it and to itself."""
-    rows = num_new + block
+def block_attention_mask(num_past: int, num_causal: int, block: int) -> Tensor:
+    """[1, num_causal + block, num_past + num_causal + block] bool (True = attend).
+
+    The ``num_causal`` new prefix rows and block row 0 attend causally; block rows 1..
+    attend to everything before the block and to the whole block."""
+    rows = num_causal + block
     mask = torch.ones(rows, num_past + rows, dtype=torch.bool)
-    causal = torch.ones(num_new, num_new, dtype=torch.bool).tril()
-    mask[:num_new, num_past:num_past + num_new] = causal
-    mask[:num_new, num_past + num_new:] = False
+    mask[: num_causal + 1, num_past:] = torch.ones(num_causal + 1, rows, dtype=torch.bool).tril()
     return mask[None]
 
 
@@ -55,30 +60,35 @@ class DiffusionDrafter:
         self._cache: KVCache = []
         self._cached_tokens: list[int] = []
 
-    def _crop(self, length: int) -> None:
-        self._cache = [(k[:, :, :length], v[:, :, :length]) for k, v in self._cache]
-        self._cached_tokens = self._cached_tokens[:length]
+    def _sync_cache(self, tokens: list[int]) -> list[int]:
+        """Crop the cache to its longest prefix shared with ``tokens[:-1]``; return the
+        committed tokens still to be cached."""
+        keep = common_prefix_length(self._cached_tokens, tokens[:-1])
+        self._cache = [(k[:, :, :keep], v[:, :, :keep]) for k, v in self._cache]
+        self._cached_tokens = self._cached_tokens[:keep]
+        return tokens[keep:-1]
 
-    def _run(self, block_ids: Tensor, new_tokens: list[int]) -> Tensor:
-        """One pass over [new prefix tokens | block]; caches the new prefix tokens.
+    def _block_pass(self, causal_tokens: list[int], block_ids: Tensor) -> Tensor:
+        """One pass over [causal_tokens | block]; the causal tokens join the cache.
 
-        block_ids [B, gamma]. Returns hidden states [B, gamma, hidden] whose row j
-        predicts slot j (row 0 is the last prefix position)."""
-        num_past, num_new = len(self._cached_tokens), len(new_tokens)
+        block_ids [K, gamma]. Returns hidden states [K, gamma, hidden]; row j predicts slot j."""
+        num_past, num_causal = len(self._cached_tokens), len(causal_tokens)
         batch, gamma = block_ids.shape
-        new_ids = torch.tensor([new_tokens], dtype=torch.long).expand(batch, -1)
-        input_ids = torch.cat([new_ids, block_ids], dim=1)
-        positions = torch.arange(num_past, num_past + num_new + gamma)[None].expand(batch, -1)
-        mask = block_attention_mask(num_past, num_new, gamma)
-        hidden, new_kv = self.network(input_ids, positions, mask, self._cache or None)
-        if num_new:
-            fresh = [(k[:1, :, :num_new], v[:1, :, :num_new]) for k, v in new_kv]
+        causal_ids = torch.tensor([causal_tokens], dtype=torch.long).expand(batch, -1)
+        input_ids = torch.cat([causal_ids, block_ids], dim=1)
+        positions = torch.arange(num_past, num_past + num_causal + gamma)[None].expand(batch, -1)
+        mask = block_attention_mask(num_past, num_causal, gamma)
+        hidden, new_kv = self.network(input_ids, positions, mask, self._cache or None, adapted_from=num_causal)
+        if num_causal:
+            fresh = [(k[:1, :, :num_causal], v[:1, :, :num_causal]) for k, v in new_kv]
             self._cache = fresh if not self._cache else [
                 (torch.cat([k0, k1], 2), torch.cat([v0, v1], 2)) for (k0, v0), (k1, v1) in zip(self._cache, fresh)
             ]
-            self._cached_tokens = self._cached_tokens + new_tokens
-        # row of the last prefix token, then mask rows 0..gamma-2 (num_new >= 1 always)
-        return hidden[:, num_new - 1:num_new - 1 + gamma]
+            self._cached_tokens = self._cached_tokens + causal_tokens
+        return hidden[:, num_causal:]
+
+    def _slot_logits(self, hidden: Tensor) -> Tensor:
+        return self.network.lm_head(hidden).float()
 
     @torch.inference_mode()
     def draft(
@@ -90,39 +100,27 @@ class DiffusionDrafter:
         generator: torch.Generator | None = None,
     ) -> Draft:
         tokens = prefix[0].tolist()
-        keep = min(common_prefix_length(self._cached_tokens, tokens), len(tokens) - 1)
-        self._crop(keep)
-        mask_id = self.network.config.mask_token_id
-        block = torch.full((1, gamma), mask_id, dtype=torch.long)
+        causal_tokens = self._sync_cache(tokens)
+        block = torch.full((1, gamma), self.network.config.mask_token_id, dtype=torch.long)
+        block[0, 0] = tokens[-1]
         bounds = chunk_bounds(gamma, min(self.steps, gamma))
 
-        hidden = self._run(block, tokens[keep:])  # [1, gamma, hidden]
         first_end = bounds[0][1]
-        logits = self.network.lm_head(hidden[:, :first_end]).float()  # [1, chunk, vocab]
-        chunk_tokens, chunk_probs = choose_tokens(logits[0], sampling, generator, num_drafts)
-        if len(bounds) == 1:  # one pass: every row shares the marginals
-            probs = chunk_probs[None].expand(num_drafts, -1, -1)
-            return Draft(tokens=chunk_tokens.T.contiguous(), draft_probs=probs)
+        hidden = self._block_pass(causal_tokens, block)  # [1, gamma, hidden]
+        chunk_tokens, chunk_probs = choose_tokens(self._slot_logits(hidden[0, :first_end]), sampling, generator,
+                                                  num_drafts)  # [chunk, K], [chunk, vocab]
+        if len(bounds) == 1:  # one pass: every draft shares the marginals
+            return Draft(tokens=chunk_tokens.T.contiguous(), draft_probs=chunk_probs[None].expand(num_drafts, -1, -1))
 
-        draft_tokens = block.expand(num_drafts, -1).clone()
+        draft_tokens = torch.zeros(num_drafts, gamma, dtype=torch.long)
         draft_probs = torch.zeros(num_drafts, gamma, self.vocab_size)
         draft_tokens[:, :first_end] = chunk_tokens.T
         draft_probs[:, :first_end] = chunk_probs
+        blocks = block.expand(num_drafts, -1).clone()
         for start, end in bounds[1:]:
-            # The cached prefix already ends at the last prefix token; the block's row j
-            # now comes from mask slot j - 1 inside the block.
-            hidden = self._run_block_only(draft_tokens)
-            logits = self.network.lm_head(hidden[:, start - 1:end - 1]).float()  # [K, chunk, vocab]
-            chunk_tokens, chunk_probs = choose_tokens(logits, sampling, generator, 1)
+            blocks[:, 1:start + 1] = draft_tokens[:, :start]  # slot i's token sits in block row i + 1
+            hidden = self._block_pass([], blocks)  # [K, gamma, hidden]
+            chunk_tokens, chunk_probs = choose_tokens(self._slot_logits(hidden[:, start:end]), sampling, generator, 1)
             draft_tokens[:, start:end] = chunk_tokens[..., 0]
             draft_probs[:, start:end] = chunk_probs
         return Draft(tokens=draft_tokens, draft_probs=draft_probs)
-
-    def _run_block_only(self, block_ids: Tensor) -> Tensor:
-        """A pass over the block alone, reading the (complete) prefix cache."""
-        num_past = len(self._cached_tokens)
-        batch, gamma = block_ids.shape
-        positions = torch.arange(num_past, num_past + gamma)[None].expand(batch, -1)
-        mask = block_attention_mask(num_past, 0, gamma)
-        hidden, _ = self.network(block_ids, positions, mask, self._cache)
-        return hidden

@@ -72,17 +72,46 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+class BlockLoRALinear(nn.Linear):
+    """A linear layer whose low-rank adapter (Hu et al. 2021, W + alpha/r * B A) applies
+    only to rows from ``adapted_from`` on: the draft block. Prefix rows, and so the
+    drafter's prefix KV cache, stay exactly the base model's.
+
+    Written here rather than taken from peft because peft adapts every row of a call,
+    and the drafter needs base and adapted rows in one pass.
+    """
+
+    lora_rank: int = 0
+
+    def add_lora(self, rank: int, alpha: float, generator: torch.Generator | None = None) -> None:
+        self.lora_rank, self.lora_scale = rank, alpha / rank
+        bound = 1 / self.in_features**0.5
+        a = (torch.rand(rank, self.in_features, generator=generator) * 2 - 1) * bound
+        self.lora_A = nn.Parameter(a.to(self.weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=self.weight.dtype))
+
+    def forward(self, x: Tensor, adapted_from: int = 0) -> Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if not self.lora_rank or adapted_from >= x.shape[1]:
+            return out
+        delta = F.linear(F.linear(x[:, adapted_from:], self.lora_A), self.lora_B) * self.lora_scale
+        if adapted_from == 0:
+            return out + delta
+        return torch.cat([out[:, :adapted_from], out[:, adapted_from:] + delta], dim=1)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: DiffusionLMConfig):
         super().__init__()
         self.cfg = cfg
-        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        self.q_proj = BlockLoRALinear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = BlockLoRALinear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = BlockLoRALinear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = BlockLoRALinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor, past: tuple[Tensor, Tensor] | None
+        self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor, past: tuple[Tensor, Tensor] | None,
+        adapted_from: int,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x [B, T, hidden]; attn_mask [B or 1, T, past + T] bool (True = attend).
 
@@ -90,9 +119,9 @@ class Attention(nn.Module):
         """
         batch, length, _ = x.shape
         cfg = self.cfg
-        q = self.q_proj(x).view(batch, length, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, length, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, length, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        q = self.q_proj(x, adapted_from).view(batch, length, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k_proj(x, adapted_from).view(batch, length, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v_proj(x, adapted_from).view(batch, length, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         keys, values = k, v
         if past is not None and past[0].shape[2] > 0:
@@ -100,18 +129,19 @@ class Attention(nn.Module):
             values = torch.cat([past[1].expand(batch, -1, -1, -1), v], dim=2)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask[:, None], enable_gqa=True)
         out = out.transpose(1, 2).reshape(batch, length, cfg.num_heads * cfg.head_dim)
-        return self.o_proj(out), (k, v)
+        return self.o_proj(out, adapted_from), (k, v)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: DiffusionLMConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = BlockLoRALinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = BlockLoRALinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = BlockLoRALinear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: Tensor, adapted_from: int) -> Tensor:
+        hidden = F.silu(self.gate_proj(x, adapted_from)) * self.up_proj(x, adapted_from)
+        return self.down_proj(hidden, adapted_from)
 
 
 class DecoderLayer(nn.Module):
@@ -122,10 +152,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, attn_mask, past):
-        attended, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, past)
+    def forward(self, x, cos, sin, attn_mask, past, adapted_from):
+        attended, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, past, adapted_from)
         x = x + attended
-        return x + self.mlp(self.post_attention_layernorm(x)), new_kv
+        return x + self.mlp(self.post_attention_layernorm(x), adapted_from), new_kv
 
 
 KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [1, kv_heads, length, head_dim]
@@ -145,23 +175,33 @@ class DiffusionLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
+    def add_lora(self, rank: int, alpha: float, seed: int = 0) -> None:
+        """Attach block-only LoRA adapters to every linear layer of the decoder stack."""
+        generator = torch.Generator().manual_seed(seed)
+        for module in self.layers.modules():
+            if isinstance(module, BlockLoRALinear):
+                module.add_lora(rank, alpha, generator)
+
     def embed(self, input_ids: Tensor) -> Tensor:
         is_mask = input_ids == self.config.mask_token_id
         hidden = self.embed_tokens(input_ids.masked_fill(is_mask, 0))
         return torch.where(is_mask[..., None], self.mask_embedding.to(hidden.dtype), hidden)
 
     def forward(
-        self, input_ids: Tensor, positions: Tensor, attn_mask: Tensor, past: KVCache | None = None
+        self, input_ids: Tensor, positions: Tensor, attn_mask: Tensor, past: KVCache | None = None,
+        adapted_from: int | None = None,
     ) -> tuple[Tensor, KVCache]:
-        """input_ids, positions [B, T]; attn_mask [B or 1, T, past_len + T] bool.
+        """input_ids, positions [B, T]; attn_mask [B or 1, T, past_len + T] bool; rows from
+        ``adapted_from`` on (default: none) are the draft block and use the adapters.
 
         Returns the final-normed hidden states [B, T, hidden] (apply ``lm_head`` to the
         rows you need) and this call's keys and values per layer.
         """
+        adapted_from = input_ids.shape[1] if adapted_from is None else adapted_from
         hidden = self.embed(input_ids)
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, hidden.dtype)
         new_cache: KVCache = []
         for index, layer in enumerate(self.layers):
-            hidden, new_kv = layer(hidden, cos, sin, attn_mask, None if past is None else past[index])
+            hidden, new_kv = layer(hidden, cos, sin, attn_mask, None if past is None else past[index], adapted_from)
             new_cache.append(new_kv)
         return self.norm(hidden), new_cache
