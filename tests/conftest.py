@@ -32,3 +32,25 @@ def verifier_model():
 @pytest.fixture(scope="session")
 def drafter_model():
     return tiny_causal_lm("qwen2", seed=1, logit_scale=30.0)
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer of TINY_VOCAB entries (unknown characters map to 0)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = "<unk> abcdefghijklmnopqrstuvwxyz0123456789\n.()=:".split(" ")
+    chars = [alphabet[0]] + list(alphabet[1])[: TINY_VOCAB - 1]
+    vocab = {token: index for index, token in enumerate(chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<unk>")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny Qwen2 model with a tokenizer: loadable like any local model folder."""
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    tiny_causal_lm("qwen2", seed=4).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

@@ -14,6 +14,14 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from specdiff.calibrate.train import TrainConfig, train
+
+    final = train(dataclass_from_args(TrainConfig, args), args.out, args.stop_after)
+    print(f"drafter saved in {final}" if final else f"stopped early; run again to resume from {args.out}")
+    return 0
+
+
 def register(commands) -> None:
     from specdiff.calibrate.teacher import TeacherConfig
 
@@ -23,3 +31,11 @@ def register(commands) -> None:
     data.add_argument("--out", required=True, help="output folder for token-id shards")
     add_dataclass_args(data, TeacherConfig)
     data.set_defaults(run=cmd_data)
+
+    from specdiff.calibrate.train import TrainConfig
+
+    train = sub.add_parser("train", help="adapt, then align a diffusion drafter (resumable; torchrun for DDP)")
+    train.add_argument("--out", required=True, help="run folder: checkpoints, logs, final drafter")
+    train.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (resume later)")
+    add_dataclass_args(train, TrainConfig)
+    train.set_defaults(run=cmd_train)

@@ -1,8 +1,8 @@
 """Save and load a diffusion drafter as a small folder of trained deltas.
 
 Layout: ``drafter.json`` (base model spec, number of layers, LoRA settings, model card
-facts) and ``deltas.safetensors`` (every tensor that differs from the base: LoRA factors
-``<module>.lora_A`` / ``<module>.lora_B``, norms, the MASK embedding, ...). Base weights come
+facts) and ``deltas.safetensors`` (every trained tensor, by parameter name: LoRA factors
+``<module>.lora_A`` / ``<module>.lora_B``, the MASK embedding, ...). Base weights come
 from the base model at load time, so a drafter ships in a few MB.
 """
 
@@ -40,18 +40,20 @@ def save_drafter(folder: Path, deltas: dict[str, torch.Tensor], config: dict) ->
     (folder / DRAFTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def apply_deltas(network: DiffusionLM, deltas: dict[str, torch.Tensor], lora_scale: float) -> None:
-    """Overwrite plain tensors and merge LoRA factors: W <- W + scale * B @ A."""
+def load_deltas(network: DiffusionLM, deltas: dict[str, torch.Tensor], lora: dict | None) -> None:
+    """Attach adapters (if ``lora``) and overwrite the named parameters with ``deltas``.
+
+    Adapters stay unmerged: they act on draft-block rows only, while prefix rows use the
+    base weights (see ``BlockLoRALinear``)."""
+    if lora and not any(name.endswith(".lora_A") for name, _ in network.named_parameters()):
+        network.add_lora(lora["r"], lora["alpha"])
     params = dict(network.named_parameters())
+    unknown = sorted(set(deltas) - set(params))
+    if unknown:
+        raise ValueError(f"drafter deltas name parameters the network lacks: {unknown[:3]} ...")
     with torch.no_grad():
         for name, tensor in deltas.items():
-            if name.endswith(".lora_A"):
-                module = name[: -len(".lora_A")]
-                lora_b = deltas[f"{module}.lora_B"]
-                weight = params[f"{module}.weight"]
-                weight += (lora_scale * lora_b.float() @ tensor.float()).to(weight.dtype)
-            elif not name.endswith(".lora_B"):
-                params[name].copy_(tensor.to(params[name].dtype))
+            params[name].copy_(tensor.to(params[name].dtype))
 
 
 def load_diffusion_lm(folder: Path, dtype: str = "float32"):
@@ -62,7 +64,5 @@ def load_diffusion_lm(folder: Path, dtype: str = "float32"):
     base, tokenizer = load_causal_lm(config["base"], dtype)
     network = diffusion_lm_from_causal_lm(base, config["num_layers"])
     del base
-    lora = config.get("lora") or {}
-    scale = lora["alpha"] / lora["r"] if lora else 1.0
-    apply_deltas(network, load_file(str(folder / DRAFTER_DELTAS)), scale)
+    load_deltas(network, load_file(str(folder / DRAFTER_DELTAS)), config.get("lora"))
     return network.eval(), tokenizer

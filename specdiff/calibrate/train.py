@@ -1,0 +1,206 @@
+"""`specdiff calibrate train`: adaptation, then alignment by streak distillation.
+
+Stage 1 (adaptation, ``adapt_steps``): cut a diffusion drafter from the first L layers of
+the base causal LM and train block-only LoRA adapters plus the MASK embedding to predict
+masked blocks after a causal prefix (cross-entropy on plain text).
+Stage 2 (alignment, ``align_steps``): the same parameters on the verifier's teacher
+completions with ``align_loss``: streak (SpecDiff-2), ce_streak, or ce (AR distillation).
+
+Each step draws one sequence per process, runs the frozen base over it once (the prefix
+keys and values), then ``windows_per_step`` mask blocks at different offsets in one batch.
+Runs in one process or under ``torchrun --nproc-per-node N`` (DDP; gloo on CPU, NCCL on
+GPUs). Checkpoints every ``checkpoint_every`` steps hold the adapters, optimizer,
+scheduler and step; data is a pure function of (seed, step, rank), so a resumed run
+continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from specdiff.calibrate.data import TeacherSequences, TextSequences, step_rng, window_starts
+from specdiff.calibrate.losses import expected_streak, window_loss
+from specdiff.calibrate.windows import WindowBatch, make_windows
+from specdiff.models.diffusion_lm import DiffusionLM
+from specdiff.models.drafter_files import DRAFTER_DELTAS, load_deltas, save_drafter
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    base: str = "qwen2.5-coder-0.5b-instruct"
+    num_layers: int = 24
+    gamma: int = 16
+    gsm8k: str = "../shared/data/gsm8k/train.jsonl"  # adaptation text (train split only)
+    code_root: str = ""  # Python sources for adaptation text (default: the standard library)
+    teacher: str = "runs/teacher"  # alignment data from `specdiff calibrate data`
+    adapt_steps: int = 40
+    align_steps: int = 40
+    align_loss: str = "streak"
+    init_from: str = ""  # a drafter folder whose adapters start this run
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lr: float = 5e-4
+    warmup_steps: int = 5
+    windows_per_step: int = 16
+    max_seq_len: int = 320
+    checkpoint_every: int = 10
+    seed: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.adapt_steps + self.align_steps
+
+
+class WindowObjective(nn.Module):
+    """Loss of one batch of windows over one sequence; the module DDP wraps."""
+
+    def __init__(self, network: DiffusionLM):
+        super().__init__()
+        self.network = network
+
+    def forward(self, ids: torch.Tensor, windows: WindowBatch, loss_name: str):
+        seq_len = ids.shape[0]
+        with torch.no_grad():  # prefix rows are the frozen base model
+            causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()[None]
+            _, prefix_kv = self.network(ids[None], torch.arange(seq_len)[None], causal)
+        hidden, _ = self.network(windows.block_ids, windows.positions, windows.attn_mask, prefix_kv, adapted_from=0)
+        log_probs = self.network.lm_head(hidden).float().log_softmax(-1)  # [W, gamma, vocab]
+        log_q = log_probs.gather(-1, windows.targets[..., None])[..., 0]
+        greedy_hit = (log_probs.argmax(-1) == windows.targets).float() * windows.valid
+        return window_loss(loss_name, log_q, windows.valid), log_q.detach(), greedy_hit
+
+
+def trainable_state(network: DiffusionLM) -> dict[str, torch.Tensor]:
+    return {name: p.detach() for name, p in network.named_parameters() if p.requires_grad}
+
+
+def drafter_config(cfg: TrainConfig, step: int) -> dict:
+    return {"format": "specdiff-diffusion-drafter", "base": cfg.base, "num_layers": cfg.num_layers,
+            "gamma": cfg.gamma, "lora": {"r": cfg.lora_rank, "alpha": cfg.lora_alpha},
+            "training": {**asdict(cfg), "steps_done": step}}
+
+
+def save_checkpoint(out: Path, cfg: TrainConfig, network, optimizer, scheduler, step: int, keep: int = 2) -> None:
+    final = out / f"checkpoint-{step:06d}"
+    partial = out / f".partial-{step:06d}"
+    shutil.rmtree(partial, ignore_errors=True)
+    save_drafter(partial, trainable_state(network), drafter_config(cfg, step))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+               partial / "trainer.pt")
+    os.replace(partial, final)  # a checkpoint exists only once complete
+    for old in sorted(out.glob("checkpoint-*"))[:-keep]:
+        shutil.rmtree(old)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    complete = [p for p in sorted(out.glob("checkpoint-*")) if (p / "trainer.pt").is_file()]
+    return complete[-1] if complete else None
+
+
+def build_network(cfg: TrainConfig):
+    from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+    from specdiff.models.loading import load_causal_lm
+
+    base, tokenizer = load_causal_lm(cfg.base)
+    network = diffusion_lm_from_causal_lm(base, cfg.num_layers)
+    del base
+    network.add_lora(cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+    if cfg.init_from:
+        load_deltas(network, load_file(str(Path(cfg.init_from) / DRAFTER_DELTAS)), None)
+    for name, param in network.named_parameters():
+        param.requires_grad = name.endswith((".lora_A", ".lora_B")) or name == "mask_embedding"
+    return network, tokenizer
+
+
+def stage_data(cfg: TrainConfig, tokenizer):
+    from specdiff.calibrate.prompts import code_texts, gsm8k_answers
+    from specdiff.calibrate.teacher import read_shards
+
+    adapt = TextSequences(gsm8k_answers(cfg.gsm8k) + code_texts(cfg.code_root or None), tokenizer, cfg.max_seq_len) if cfg.adapt_steps else None
+    align = TeacherSequences(read_shards(cfg.teacher), cfg.max_seq_len) if cfg.align_steps else None
+    return adapt, align
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) -> Path | None:
+    """Run (or resume) training; returns the final drafter folder, or None when
+    ``stop_after`` steps of this invocation ended it early (resume by running again)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    out = Path(out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    network, tokenizer = build_network(cfg)
+    objective = WindowObjective(network)
+    model = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
+    params = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    warmup = max(1, cfg.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    step = 0
+    resume = latest_checkpoint(out)
+    if resume is not None:
+        load_deltas(network, load_file(str(resume / DRAFTER_DELTAS)), None)
+        state = torch.load(resume / "trainer.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+    adapt, align = stage_data(cfg, tokenizer)
+    mask_id = network.config.mask_token_id
+
+    bar = tqdm(total=cfg.total_steps, initial=step, desc="calibrate", file=sys.stderr, disable=rank != 0)
+    log = open(out / "train.log", "a") if rank == 0 else None
+    stop_at = cfg.total_steps if stop_after is None else min(cfg.total_steps, step + stop_after)
+    while step < stop_at:
+        adapting = step < cfg.adapt_steps
+        rng = step_rng(cfg.seed, step, rank)
+        sequence = (adapt if adapting else align).draw(rng)
+        windows = make_windows(sequence.ids, window_starts(sequence, cfg.windows_per_step, rng), cfg.gamma, mask_id)
+        started = time.perf_counter()
+        loss, log_q, greedy_hit = model(sequence.ids, windows, "ce" if adapting else cfg.align_loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if rank == 0:
+            streak = float(expected_streak(log_q, windows.valid))
+            greedy = float(greedy_hit.cumprod(-1).sum(-1).mean())
+            slot_hits = (greedy_hit.sum(0) / windows.valid.sum(0).clamp_min(1)).tolist()
+            bar.set_postfix(stage="adapt" if adapting else "align", loss=f"{float(loss.detach()):.3f}",
+                            streak=f"{streak:.2f}", greedy=f"{greedy:.2f}")
+            bar.update(1)
+            log.write(json.dumps({"step": step, "stage": "adapt" if adapting else "align", "loss": float(loss.detach()),
+                                  "expected_streak": streak, "greedy_streak": greedy,
+                                  "slot_acc": [round(x, 3) for x in slot_hits],
+                                  "seconds": round(time.perf_counter() - started, 2)}) + "\n")
+            log.flush()
+            if step % cfg.checkpoint_every == 0 or step == stop_at:
+                save_checkpoint(out, cfg, network, optimizer, scheduler, step)
+    bar.close()
+    if step < cfg.total_steps:
+        return None
+    final = out / "final"
+    if rank == 0:
+        deltas = {name: t.to(torch.bfloat16) for name, t in trainable_state(network).items()}
+        save_drafter(final, deltas, drafter_config(cfg, step))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final

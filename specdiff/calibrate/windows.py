@@ -1,0 +1,42 @@
+"""Training windows: mask blocks at many offsets of one sequence, batched over one
+shared, frozen prefix pass.
+
+A window starting at index ``start`` of a sequence ``ids`` is the draft block
+``[ids[start], MASK x (gamma - 1)]`` at positions start..start+gamma-1, whose row j must
+predict ``ids[start + 1 + j]``. It sees the prefix ids[:start] (keys and values from the
+base model, computed once per sequence) and itself: row 0 causally, rows 1.. the whole
+block. Windows never see each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    block_ids: Tensor  # [W, gamma]
+    positions: Tensor  # [W, gamma]
+    attn_mask: Tensor  # [W, gamma, seq_len + gamma] bool
+    targets: Tensor  # [W, gamma]
+    valid: Tensor  # [W, gamma] float
+
+
+def make_windows(ids: Tensor, starts: Tensor, gamma: int, mask_token_id: int) -> WindowBatch:
+    """ids [seq_len]; starts [W] with 0 <= start <= seq_len - 2."""
+    seq_len = ids.shape[0]
+    offsets = torch.arange(gamma)
+    block_ids = torch.full((len(starts), gamma), mask_token_id, dtype=torch.long)
+    block_ids[:, 0] = ids[starts]
+    positions = starts[:, None] + offsets
+    target_index = starts[:, None] + 1 + offsets
+    valid = target_index < seq_len
+    targets = torch.where(valid, ids[target_index.clamp(max=seq_len - 1)], 0)
+    prefix_visible = torch.arange(seq_len)[None, None, :] < starts[:, None, None]  # [W, 1, seq_len]
+    block_visible = torch.ones(gamma, gamma, dtype=torch.bool)
+    block_visible[0, 1:] = False
+    attn_mask = torch.cat([prefix_visible.expand(-1, gamma, -1), block_visible.expand(len(starts), -1, -1)], dim=-1)
+    return WindowBatch(block_ids, positions, attn_mask, targets, valid.float())

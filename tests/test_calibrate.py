@@ -1,0 +1,100 @@
+"""Drafter training on tiny models: losses, windows, exact resume, DDP with 2 processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from specdiff.calibrate.losses import ce_loss, ce_streak_loss, expected_streak, streak_loss
+from specdiff.calibrate.train import TrainConfig, train
+from specdiff.calibrate.windows import make_windows
+from specdiff.models.drafter_loading import load_drafter
+
+
+def test_streak_loss_is_minus_expected_accepted_length():
+    log_q = torch.log(torch.tensor([[0.5, 0.5, 1.0]]))
+    valid = torch.ones(1, 3)
+    # 0.5 + 0.25 + 0.25
+    assert torch.isclose(streak_loss(log_q, valid), torch.tensor(-1.0))
+    assert torch.isclose(expected_streak(log_q, valid), torch.tensor(1.0))
+    # slots past the end of a sequence contribute nothing
+    assert torch.isclose(streak_loss(log_q, torch.tensor([[1.0, 1.0, 0.0]])), torch.tensor(-0.75))
+
+
+def test_ce_streak_weights_each_slot_by_reaching_it():
+    log_q = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_()
+    loss = ce_streak_loss(log_q, torch.ones(1, 2))
+    expected = -(1.0 * torch.log(torch.tensor(0.5)) + 0.5 * torch.log(torch.tensor(0.25)))
+    assert torch.isclose(loss, expected)
+    loss.backward()
+    assert torch.allclose(log_q.grad, torch.tensor([[-1.0, -0.5]]))  # the weights are not differentiated
+
+
+def test_ce_is_mean_over_valid_slots():
+    log_q = torch.log(torch.tensor([[0.5, 0.25, 0.1]]))
+    assert torch.isclose(ce_loss(log_q, torch.tensor([[1.0, 1.0, 0.0]])), -(log_q[0, :2].sum() / 2))
+
+
+def test_windows_see_their_prefix_and_themselves_only():
+    ids = torch.arange(10, 20)
+    batch = make_windows(ids, torch.tensor([2, 7]), gamma=4, mask_token_id=99)
+    assert batch.block_ids.tolist() == [[12, 99, 99, 99], [17, 99, 99, 99]]
+    assert batch.targets[0].tolist() == [13, 14, 15, 16]
+    assert batch.valid[1].tolist() == [1, 1, 0, 0]  # ids end at 19
+    assert batch.positions[1].tolist() == [7, 8, 9, 10]
+    visible = batch.attn_mask[0].int()
+    assert visible[:, :10].sum(-1).tolist() == [2, 2, 2, 2]  # prefix ids[:2]
+    assert visible[0, 10:].tolist() == [1, 0, 0, 0] and visible[2, 10:].tolist() == [1, 1, 1, 1]
+
+
+@pytest.fixture()
+def tiny_run(tiny_model_dir, tmp_path):
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    gsm8k.write_text("".join(json.dumps({"question": f"what is {i} plus {i}", "answer": f"it is {2 * i}"}) + "\n"
+                             for i in range(20)))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "mod.py").write_text("def add(a, b):\n    x = a\n    y = b\n    z = x\n    return z + y\n")
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    records = [{"prompt_ids": torch.randint(0, 32, (6,), generator=rng).tolist(),
+                "completion_ids": torch.randint(0, 32, (20,), generator=rng).tolist()} for _ in range(5)]
+    (teacher / "shard-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return TrainConfig(base=str(tiny_model_dir), num_layers=2, gamma=4, gsm8k=str(gsm8k), code_root=str(code),
+                       teacher=str(teacher), adapt_steps=3, align_steps=3, lora_rank=4, lora_alpha=8,
+                       lr=1e-2, windows_per_step=4, checkpoint_every=2)
+
+
+def test_interrupted_training_resumes_exactly(tiny_run, tmp_path):
+    straight = train(tiny_run, tmp_path / "straight")
+    assert train(tiny_run, tmp_path / "resumed", stop_after=4) is None  # interrupted mid alignment
+    assert (tmp_path / "resumed" / "checkpoint-000004" / "trainer.pt").is_file()
+    resumed = train(tiny_run, tmp_path / "resumed")
+    first, second = load_file(str(straight / "deltas.safetensors")), load_file(str(resumed / "deltas.safetensors"))
+    assert first.keys() == second.keys() and any(k.endswith("lora_B") for k in first)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(float(first[k].abs().sum()) > 0 for k in first if k.endswith("lora_B"))  # training moved them
+    drafter, _ = load_drafter(str(straight))
+    assert drafter.network.config.num_layers == 2
+    log = [json.loads(line) for line in (tmp_path / "straight" / "train.log").read_text().splitlines()]
+    assert [row["stage"] for row in log] == ["adapt"] * 3 + ["align"] * 3
+
+
+def test_two_process_ddp_training(tiny_run, tmp_path):
+    out = tmp_path / "ddp"
+    cfg = tiny_run
+    flags = ["--base", cfg.base, "--num-layers", "2", "--gamma", "4", "--gsm8k", cfg.gsm8k, "--code-root", cfg.code_root,
+             "--teacher", cfg.teacher, "--adapt-steps", "2", "--align-steps", "2", "--lora-rank", "4",
+             "--lora-alpha", "8", "--windows-per-step", "4", "--checkpoint-every", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "-m", "specdiff.cli", "calibrate", "train", "--out", str(out), *flags],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "final" / "deltas.safetensors").is_file()
+    assert len((out / "train.log").read_text().splitlines()) == 4
