@@ -39,3 +39,49 @@ def register(commands) -> None:
     train.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (resume later)")
     add_dataclass_args(train, TrainConfig)
     train.set_defaults(run=cmd_train)
+    register_eval(sub)
+
+
+def cmd_eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    from specdiff.bench.datasets import load_prompts
+    from specdiff.calibrate.evaluate import replay_eval, verifier_trajectories
+    from specdiff.models.drafter_loading import load_drafter
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = load_prompts(args.dataset, args.data_path, None, args.limit)
+    trajectories = verifier_trajectories(prompts, args.verifier, args.max_new_tokens, out / "trajectories.jsonl")
+    plain_tps = sum(len(r["trajectory"]) for r in trajectories.values()) / sum(r["seconds"] for r in trajectories.values())
+    results = {}
+    for spec in args.drafters:
+        drafter, _ = load_drafter(spec, args.drafter_kind)
+        for num_drafts in args.num_drafts:
+            stats = replay_eval(drafter, trajectories, args.gamma, num_drafts, args.draft_temperature, args.seed)
+            results[f"{spec} K={num_drafts}"] = stats.to_dict()
+            acc = stats.acceptance_by_position
+            print(f"{spec} K={num_drafts}: tau {stats.tau:.3f}, acceptance slot1..4 "
+                  f"{' '.join(f'{a:.2f}' for a in acc[:4])}, slot>=8 mean {sum(acc[7:]) / max(1, len(acc[7:])):.3f}, "
+                  f"draft {stats.draft_seconds / max(1, stats.steps) * 1000:.0f} ms/step", flush=True)
+    (out / "replay.json").write_text(json.dumps({"plain_tokens_per_s": plain_tps, "gamma": args.gamma,
+                                                 "prompts": len(trajectories), "results": results}, indent=2))
+    return 0
+
+
+def register_eval(sub) -> None:
+    evaluate = sub.add_parser("eval", help="tau and per-position acceptance along the verifier's greedy trajectories")
+    evaluate.add_argument("--drafters", nargs="+", required=True)
+    evaluate.add_argument("--drafter-kind", default="auto", choices=("auto", "ar", "diffusion"))
+    evaluate.add_argument("--verifier", default="qwen2.5-coder-1.5b-instruct")
+    evaluate.add_argument("--dataset", default="humaneval")
+    evaluate.add_argument("--data-path", default=None)
+    evaluate.add_argument("--limit", type=int, default=20, help="prompts per category")
+    evaluate.add_argument("--gamma", type=int, default=16)
+    evaluate.add_argument("--max-new-tokens", type=int, default=128)
+    evaluate.add_argument("--num-drafts", type=int, nargs="+", default=[1])
+    evaluate.add_argument("--draft-temperature", type=float, default=0.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", required=True)
+    evaluate.set_defaults(run=cmd_eval)
