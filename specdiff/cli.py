@@ -149,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Sub-commands defined beside their features (calibration, benchmarks)."""
+    from specdiff.bench.cli import register as register_bench
     from specdiff.calibrate.cli import register as register_calibrate
 
-    return [register_calibrate]
+    return [register_calibrate, register_bench]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,130 @@
+"""The methods under test, all against the same verifier, behind one ``run`` call.
+
+- ``ar``: plain greedy decoding through transformers' ``generate`` (the reference).
+- ``ar-engine``: plain decoding through our own loop (shows the loop adds no overhead).
+- ``hf-assisted``: transformers' assisted generation with the 0.5B as assistant.
+- ``prompt-lookup``: transformers' prompt lookup decoding.
+- ``sd-ar``: our engine with the 0.5B autoregressive drafter.
+- ``specdiff``: our engine with a diffusion drafter adapted but not aligned (SpecDiff v1).
+- ``specdiff2``: the aligned diffusion drafter plus self-selection (K drafts).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from specdiff.engine import DecodingConfig, generate
+from specdiff.sampling import SamplingConfig
+from specdiff.verifier import Verifier
+
+METHODS = ("ar", "ar-engine", "hf-assisted", "prompt-lookup", "sd-ar", "specdiff", "specdiff2")
+
+
+@dataclass
+class MethodOutput:
+    tokens: list[int]
+    seconds: float
+    accepted_lengths: list[int] | None = None  # tokens committed per verifier call (Spec-Bench style)
+    drafted: list[int] | None = None  # draft slots proposed per verifier call
+    draft_seconds: float | None = None
+    verify_seconds: float | None = None
+    candidates: list[int] = field(default_factory=list)
+
+
+class HFGenerateMethod:
+    """transformers' ``generate``, greedy, with optional assistant / prompt lookup."""
+
+    def __init__(self, name: str, model, eos: set[int], **generate_kwargs):
+        self.name, self.model, self.eos, self.kwargs = name, model, sorted(eos), generate_kwargs
+
+    @torch.inference_mode()
+    def run(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> MethodOutput:
+        started = time.perf_counter()
+        output = self.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                     do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=self.eos,
+                                     pad_token_id=self.eos[0], repetition_penalty=1.0, **self.kwargs)
+        seconds = time.perf_counter() - started
+        tokens = output[0, prompt_ids.shape[1]:].tolist()
+        first_eos = next((i for i, t in enumerate(tokens) if t in self.eos), None)
+        tokens = tokens if first_eos is None else tokens[: first_eos + 1]
+        accepted = [1] * len(tokens) if not self.kwargs else None
+        return MethodOutput(tokens, seconds, accepted)
+
+
+class EngineMethod:
+    """Our decoding loop with a drafter (None: plain decoding)."""
+
+    def __init__(self, name: str, verifier: Verifier, drafter, config: DecodingConfig, eos: set[int]):
+        self.name, self.verifier, self.drafter, self.config, self.eos = name, verifier, drafter, config, eos
+
+    def run(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> MethodOutput:
+        config = DecodingConfig(gamma=self.config.gamma, num_drafts=self.config.num_drafts,
+                                max_new_tokens=max_new_tokens, sampling=self.config.sampling,
+                                draft_sampling=self.config.draft_sampling, seed=self.config.seed)
+        result = generate(prompt_ids, self.verifier, self.drafter, config, self.eos)
+        return MethodOutput(
+            result.tokens, result.seconds,
+            accepted_lengths=[len(s.new_tokens) for s in result.steps],
+            drafted=[s.drafted for s in result.steps],
+            draft_seconds=sum(s.draft_seconds for s in result.steps),
+            verify_seconds=sum(s.verify_seconds for s in result.steps),
+            candidates=[s.candidate for s in result.steps],
+        )
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    gamma_ar: int = 5  # draft length of the autoregressive drafter
+    gamma: int = 16  # draft length of the diffusion drafters
+    num_drafts: int = 8  # K for specdiff2
+    draft_temperature: float = 1.0  # drafter temperature for specdiff2 (K > 1)
+    prompt_lookup_tokens: int = 10
+    assistant: str = "qwen2.5-coder-0.5b-instruct"
+    specdiff_drafter: str = ""  # adapted, not aligned; empty: unavailable
+    specdiff2_drafter: str = "specdiff-qwen2.5-coder-1.5b"
+
+
+def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) -> tuple[list, dict[str, str]]:
+    """The requested methods that can run here, and a reason for each that cannot."""
+    from specdiff.drafters import AutoregressiveDrafter
+    from specdiff.models.drafter_loading import load_drafter
+    from specdiff.models.loading import check_same_tokenizer, eos_token_ids, load_causal_lm
+
+    eos = eos_token_ids(model, tokenizer)
+    verifier = Verifier(model)
+    greedy = SamplingConfig()
+    methods, unavailable = [], {}
+    assistant = None
+    for name in names:
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+        try:
+            if name in ("hf-assisted", "sd-ar") and assistant is None:
+                assistant, assistant_tokenizer = load_causal_lm(settings.assistant)
+                check_same_tokenizer(tokenizer, assistant_tokenizer)
+            if name == "ar":
+                methods.append(HFGenerateMethod(name, model, eos))
+            elif name == "ar-engine":
+                methods.append(EngineMethod(name, verifier, None, DecodingConfig(), eos))
+            elif name == "hf-assisted":
+                methods.append(HFGenerateMethod(name, model, eos, assistant_model=assistant))
+            elif name == "prompt-lookup":
+                methods.append(HFGenerateMethod(name, model, eos, prompt_lookup_num_tokens=settings.prompt_lookup_tokens))
+            elif name == "sd-ar":
+                methods.append(EngineMethod(name, verifier, AutoregressiveDrafter(assistant),
+                                            DecodingConfig(gamma=settings.gamma_ar), eos))
+            else:
+                spec = settings.specdiff_drafter if name == "specdiff" else settings.specdiff2_drafter
+                if not spec:
+                    raise FileNotFoundError(f"no drafter given for {name} (--specdiff-drafter PATH)")
+                drafter, _ = load_drafter(spec)
+                num_drafts = settings.num_drafts if name == "specdiff2" else 1
+                draft_sampling = SamplingConfig(temperature=settings.draft_temperature) if num_drafts > 1 else greedy
+                config = DecodingConfig(gamma=settings.gamma, num_drafts=num_drafts, draft_sampling=draft_sampling)
+                methods.append(EngineMethod(name, verifier, drafter, config, eos))
+        except (FileNotFoundError, ValueError, RuntimeError) as error:
+            unavailable[name] = str(error).splitlines()[0]
+    return methods, unavailable

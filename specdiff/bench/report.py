@@ -1,0 +1,129 @@
+"""Summaries of bench records: table, equality check, plots."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from specdiff.equality import Divergence, explain_divergence
+
+
+def acceptance_by_position(records: list[dict]) -> list[float]:
+    """Fraction of verifier calls that accepted draft slot j, over calls that drafted it."""
+    reached: dict[int, int] = defaultdict(int)
+    accepted: dict[int, int] = defaultdict(int)
+    for record in records:
+        for drafted, committed in zip(record.get("drafted") or [], record.get("accepted_lengths") or []):
+            for slot in range(drafted):
+                reached[slot] += 1
+                accepted[slot] += slot < committed - 1
+    return [accepted[j] / reached[j] for j in range(len(reached))]
+
+
+def summarize(records: list[dict], reference: str = "ar") -> dict[str, dict[str, dict]]:
+    """{method: {category or 'all': metrics}}."""
+    by_prompt = {(r["method"], r["question_id"]): r for r in records}
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for record in records:
+        groups[(record["method"], record["category"])].append(record)
+        groups[(record["method"], "all")].append(record)
+    summary: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (method, category), rows in groups.items():
+        tokens = sum(r["new_tokens"] for r in rows)
+        seconds = sum(r["wall_time"] for r in rows)
+        ratios = [by_prompt[(reference, r["question_id"])]["wall_time"] / r["wall_time"]
+                  for r in rows if (reference, r["question_id"]) in by_prompt]
+        calls = [len(r["accepted_lengths"]) for r in rows if r.get("accepted_lengths") is not None]
+        draft = sum(r["draft_seconds"] or 0 for r in rows)
+        verify = sum(r["verify_seconds"] or 0 for r in rows)
+        summary[method][category] = {
+            "prompts": len(rows),
+            "tokens_per_s": tokens / seconds if seconds else 0.0,
+            "speedup": sum(ratios) / len(ratios) if ratios else None,
+            "tau": tokens / sum(calls) if len(calls) == len(rows) and sum(calls) else None,
+            "draft_share": draft / (draft + verify) if draft + verify else None,
+            "acceptance": acceptance_by_position(rows),
+        }
+    return summary
+
+
+def check_equality(records: list[dict], model, prompts: list, reference: str = "ar") -> list[tuple[str, str, Divergence]]:
+    """(method, prompt id, divergence) for every output that differs from the reference."""
+    encoded = {prompt.id: ids for prompt, ids in prompts}
+    by_prompt = {(r["method"], r["question_id"]): r for r in records}
+    found = []
+    for record in records:
+        ref = by_prompt.get((reference, record["question_id"]))
+        if record["method"] == reference or ref is None:
+            continue
+        divergence = explain_divergence(model, encoded[record["question_id"]], ref["token_ids"], record["token_ids"])
+        if divergence is not None:
+            found.append((record["method"], record["question_id"], divergence))
+    return found
+
+
+def _fmt(value, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str]) -> str:
+    lines = ["| method | prompts | tokens/s | speed-up vs ar | tau | acc@1 | acc@2 | acc@4 | draft share |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method in methods:
+        if method in unavailable:
+            lines.append(f"| {method} | unavailable: {unavailable[method]} |||||||| ")
+            continue
+        row = summary.get(method, {}).get("all")
+        if row is None:
+            continue
+        acc = row["acceptance"] + [None] * 4
+        lines.append(f"| {method} | {row['prompts']} | {row['tokens_per_s']:.2f} | {_fmt(row['speedup'], '{:.2f}x')} | "
+                     f"{_fmt(row['tau'], '{:.2f}')} | {_fmt(acc[0], '{:.2f}')} | {_fmt(acc[1], '{:.2f}')} | "
+                     f"{_fmt(acc[3], '{:.2f}')} | {_fmt(row['draft_share'], '{:.0%}')} |")
+    categories = sorted({c for rows in summary.values() for c in rows if c != "all"})
+    if len(categories) > 1:
+        lines += ["", "Speed-up vs ar by task group:", "",
+                  "| method | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
+        for method in methods:
+            if method in summary:
+                cells = [_fmt(summary[method].get(c, {}).get("speedup"), "{:.2f}x") for c in categories]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, methods: list[str], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = sorted({c for rows in summary.values() for c in rows})
+    shown = [m for m in methods if m in summary]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(categories) * len(shown) / 3), 4))
+    width = 0.8 / max(1, len(shown))
+    for i, method in enumerate(shown):
+        values = [summary[method].get(c, {}).get("speedup") or 0 for c in categories]
+        ax.bar([x + i * width for x in range(len(categories))], values, width, label=method)
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xticks([x + width * (len(shown) - 1) / 2 for x in range(len(categories))], categories, rotation=20)
+    ax.set_ylabel("speed-up over ar (per-prompt time ratio)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    speedup_path = out / "speedup.png"
+    fig.savefig(speedup_path, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in shown:
+        curve = summary[method]["all"]["acceptance"]
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=method)
+    ax.set_xlabel("draft position")
+    ax.set_ylabel("acceptance rate")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    acceptance_path = out / "acceptance.png"
+    fig.savefig(acceptance_path, dpi=120)
+    plt.close(fig)
+    return [speedup_path, acceptance_path]

@@ -1,0 +1,56 @@
+"""`specdiff bench` end to end on tiny models: records, summary, plots, equality check."""
+
+import json
+
+import torch
+
+from specdiff.bench.report import acceptance_by_position
+from specdiff.cli import main
+from specdiff.models.drafter_files import save_drafter
+
+
+def test_acceptance_by_position_counts_drafted_slots():
+    records = [{"drafted": [3, 3, 1], "accepted_lengths": [4, 1, 2]}]
+    # slot 0 accepted in calls 1 and 3 of 3; slot 1 in call 1 of 2; slot 2 in call 1 of 2
+    assert acceptance_by_position(records) == [2 / 3, 1 / 2, 1 / 2]
+
+
+def test_bench_runs_all_methods_and_checks_equality(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "category": cat, "prompt": text}) + "\n"
+                               for i, (cat, text) in enumerate([("code", "def add(a, b):"), ("math", "what is 2 plus 2"),
+                                                                ("code", "x = 1\ny = x")])))
+    drafter = tmp_path / "drafter"
+    save_drafter(drafter, {"mask_embedding": torch.zeros(32)}, {"base": str(tiny_model_dir), "num_layers": 2})
+    out = tmp_path / "bench"
+    args = ["bench", "--dataset", "jsonl", "--data-path", str(prompts), "--verifier", str(tiny_model_dir),
+            "--assistant", str(tiny_model_dir), "--specdiff-drafter", str(drafter), "--specdiff2-drafter", str(drafter),
+            "--num-drafts", "3", "--gamma", "4", "--max-new-tokens", "12", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    report = capsys.readouterr().out
+    assert "equals ar's token for token" in report
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 3 * 7
+    assert {r["method"] for r in records} == {"ar", "ar-engine", "hf-assisted", "prompt-lookup", "sd-ar", "specdiff",
+                                              "specdiff2"}
+    assert (out / "speedup.png").is_file() and (out / "acceptance.png").is_file()
+    # a rerun skips finished records
+    assert main(args) == 0
+    assert len((out / "records.jsonl").read_text().splitlines()) == 21
+
+
+def test_bench_reports_a_mismatch_and_fails(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "def add(a, b):"}) + "\n")
+    out = tmp_path / "bench"
+    out.mkdir()
+    args = ["bench", "--dataset", "jsonl", "--data-path", str(prompts), "--verifier", str(tiny_model_dir),
+            "--methods", "ar,ar-engine", "--max-new-tokens", "8", "--out", str(out)]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    for record in records:  # corrupt one method's stored output
+        if record["method"] == "ar-engine":
+            record["token_ids"][3] = (record["token_ids"][3] + 1) % 32
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(args) == 1
+    assert "MISMATCH: ar-engine on p0: first divergence at new token 3" in capsys.readouterr().out
