@@ -117,3 +117,27 @@ def test_out_of_order_drafter_fails_the_check(verifier, exact):
     tv = total_variation(exact, sample_sequences(verifier, RightToLeftDrafter(), DecodingConfig(gamma=2, sampling=SAMPLING)))
     print(f"negative control: TV {tv:.4f} (bound {TV_BOUND})")
     assert tv > TV_BOUND, f"negative control passed the check: TV {tv:.3f}"
+
+
+def test_best_draft_then_single_draft_rejection_fails_the_check(verifier, draft_base, exact, monkeypatch):
+    """Self-selection done wrong: score the K drafts with the verifier, keep the best,
+    then run single-draft rejection sampling on it. Not lossless, and the check sees it."""
+    from specdiff.acceptance import rejection_accept
+
+    def pick_best_then_single(draft_tokens, draft_probs, target_probs, generator):
+        gamma = draft_tokens.shape[1]
+        if gamma == 0:  # a plain verifier step at the end of generation
+            return rejection_accept(draft_tokens, draft_probs, target_probs, generator)
+        token_probs = target_probs[:, :gamma].gather(-1, draft_tokens[..., None])[..., 0]  # [K, gamma]
+        scores = token_probs.cumprod(-1).sum(-1)  # the paper's streak score
+        best = int(scores.argmax())
+        chosen = rejection_accept(draft_tokens[best:best + 1], draft_probs[best:best + 1],
+                                  target_probs[best:best + 1], generator)
+        return Acceptance(best, chosen.num_accepted, chosen.next_token)
+
+    monkeypatch.setattr(engine, "rejection_accept", pick_best_then_single)
+    drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(draft_base))
+    config = DecodingConfig(gamma=2, num_drafts=3, sampling=SAMPLING, draft_sampling=SamplingConfig(temperature=1.5))
+    tv = total_variation(exact, sample_sequences(verifier, drafter, config))
+    print(f"negative control (best-of-K then single-draft rejection): TV {tv:.4f} (bound {TV_BOUND})")
+    assert tv > TV_BOUND, f"negative control passed the check: TV {tv:.3f}"
