@@ -54,3 +54,15 @@ def test_bench_reports_a_mismatch_and_fails(tiny_model_dir, tmp_path, capsys):
     (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main(args) == 1
     assert "MISMATCH: ar-engine on p0: first divergence at new token 3" in capsys.readouterr().out
+
+
+def test_bench_all_turns_uses_the_verifiers_answers_as_history(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "mt", "turns": ["def add(a, b):", "now x = 1"]}) + "\n")
+    out = tmp_path / "bench"
+    args = ["bench", "--dataset", "jsonl", "--data-path", str(prompts), "--verifier", str(tiny_model_dir),
+            "--methods", "ar,ar-engine", "--max-new-tokens", "6", "--all-turns", "--out", str(out)]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r["question_id"]) for r in records) == [
+        ("ar", "mt/turn1"), ("ar", "mt/turn2"), ("ar-engine", "mt/turn1"), ("ar-engine", "mt/turn2")]

@@ -19,10 +19,10 @@ def cmd_bench(args) -> int:
             setattr(args, key, value)
     config = dataclass_from_args(BenchConfig, args, settings=dataclass_from_args(MethodSettings, args))
     out = Path(args.out)
-    records, unavailable, model, prompts = run_bench(config, out)
+    records, unavailable, model, encoded = run_bench(config, out)
     methods = [m for m in config.methods.split(",") if m]
     summary = summarize(records)
-    mismatches = check_equality(records, model, prompts)
+    mismatches = check_equality(records, model, encoded)
     table = markdown_table(summary, unavailable, methods)
     lines = [table]
     if mismatches:

@@ -47,9 +47,9 @@ def summarize(records: list[dict], reference: str = "ar") -> dict[str, dict[str,
     return summary
 
 
-def check_equality(records: list[dict], model, prompts: list, reference: str = "ar") -> list[tuple[str, str, Divergence]]:
-    """(method, prompt id, divergence) for every output that differs from the reference."""
-    encoded = {prompt.id: ids for prompt, ids in prompts}
+def check_equality(records: list[dict], model, encoded: dict, reference: str = "ar") -> list[tuple[str, str, Divergence]]:
+    """(method, prompt id, divergence) for every output that differs from the reference
+    (``encoded``: question id -> prompt token ids)."""
     by_prompt = {(r["method"], r["question_id"]): r for r in records}
     found = []
     for record in records:

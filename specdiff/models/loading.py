@@ -72,14 +72,26 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 def encode_prompt(tokenizer, text: str, chat: bool = True) -> torch.Tensor:
     """[1, length] token ids; with ``chat`` the model's chat template (if it has one) wraps
     ``text`` as a user turn and opens the assistant's turn."""
-    if not text:
+    return encode_conversation(tokenizer, [text], [], chat)
+
+
+def encode_conversation(tokenizer, user_turns: list[str], answers: list[str], chat: bool = True) -> torch.Tensor:
+    """[1, length] token ids of alternating user turns and assistant ``answers`` (one fewer
+    answer than turns), ending with the assistant's turn opened. Without a chat template
+    (or ``chat=False``) the turns are joined as plain text."""
+    if not user_turns or not all(user_turns):
         raise ValueError("the prompt is empty: give some text")
     if chat and tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=False)
+        messages = []
+        for index, turn in enumerate(user_turns):
+            messages.append({"role": "user", "content": turn})
+            if index < len(answers):
+                messages.append({"role": "assistant", "content": answers[index]})
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
     else:
+        text = "\n\n".join(part for pair in zip(user_turns, answers + [""]) for part in pair if part)
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
     return torch.tensor([list(ids)], dtype=torch.long)
 
