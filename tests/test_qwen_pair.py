@@ -41,3 +41,23 @@ def test_qwen_ar_drafter_reproduces_verifier_greedy(qwen_pair):
     divergence = explain_divergence(verifier_model, prompt_ids, reference.tokens, result.tokens)
     assert divergence is None or divergence.is_tie, f"diverged: {divergence}"
     assert result.tau > 1.5
+
+
+def test_shipped_diffusion_drafter_reproduces_verifier_greedy(qwen_pair):
+    from specdiff import DiffusionDrafter, SamplingConfig
+    from specdiff.models.drafter_loading import load_drafter
+
+    verifier_model, _, tokenizer = qwen_pair
+    drafter, _ = load_drafter("specdiff-qwen2.5-coder-1.5b")
+    assert isinstance(drafter, DiffusionDrafter)
+    prompt_ids = encode_prompt(tokenizer, humaneval_prompt(1))
+    verifier = Verifier(verifier_model)
+    eos = eos_token_ids(verifier_model, tokenizer)
+    reference = autoregressive_generate(prompt_ids, verifier, DecodingConfig(max_new_tokens=48), eos)
+    for num_drafts in (1, 4):
+        config = DecodingConfig(gamma=16, max_new_tokens=48, num_drafts=num_drafts,
+                                draft_sampling=SamplingConfig(temperature=1.0) if num_drafts > 1 else None)
+        result = speculative_generate(prompt_ids, drafter, verifier, config, eos)
+        divergence = explain_divergence(verifier_model, prompt_ids, reference.tokens, result.tokens)
+        assert divergence is None or divergence.is_tie, f"K={num_drafts} diverged: {divergence}"
+        assert result.tau > 1.2
