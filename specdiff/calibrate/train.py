@@ -140,7 +140,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if world > 1 else 0
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if world > 1 and "OMP_NUM_THREADS" not in os.environ:  # share the cores between processes
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     out = Path(out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
