@@ -8,7 +8,7 @@ import sys
 import time
 
 DEFAULT_VERIFIER = "qwen2.5-coder-1.5b-instruct"
-DEFAULT_DRAFTER = "qwen2.5-coder-0.5b-instruct"
+DEFAULT_DRAFTER = "specdiff-qwen2.5-coder-1.5b"
 
 
 def add_decoding_args(parser: argparse.ArgumentParser) -> None:

@@ -83,7 +83,7 @@ class MethodSettings:
     draft_temperature: float = 1.0  # drafter temperature for specdiff2 (K > 1)
     prompt_lookup_tokens: int = 10
     assistant: str = "qwen2.5-coder-0.5b-instruct"
-    specdiff_drafter: str = ""  # adapted, not aligned; empty: unavailable
+    specdiff_drafter: str = "specdiff-qwen2.5-coder-1.5b-adapted"  # adapted, not aligned
     specdiff2_drafter: str = "specdiff-qwen2.5-coder-1.5b"
 
 

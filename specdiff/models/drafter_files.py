@@ -20,7 +20,10 @@ from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
 
 DRAFTER_CONFIG = "drafter.json"
 DRAFTER_DELTAS = "deltas.safetensors"
-SHIPPED_DRAFTERS = {"specdiff-qwen2.5-coder-1.5b": "specdiff_qwen2.5_coder_1.5b"}
+SHIPPED_DRAFTERS = {
+    "specdiff-qwen2.5-coder-1.5b": "specdiff_qwen2.5_coder_1.5b",  # adapted + aligned
+    "specdiff-qwen2.5-coder-1.5b-adapted": "specdiff_qwen2.5_coder_1.5b_adapted",  # adapted only (SpecDiff v1)
+}
 
 
 def shipped_drafter_dir(name: str) -> Path | None:
