@@ -40,13 +40,17 @@ def exact(verifier):
 
 
 def sample_sequences(verifier, drafter, config: DecodingConfig) -> list[tuple[int, ...]]:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: threading overhead dominates
     prompt_ids = torch.tensor([PROMPT])
     samples = []
-    for seed in range(NUM_SAMPLES):
-        run = DecodingConfig(gamma=config.gamma, num_drafts=config.num_drafts, max_new_tokens=MAX_NEW,
-                             sampling=config.sampling, draft_sampling=config.draft_sampling, seed=seed)
-        samples.append(tuple(engine.generate(prompt_ids, verifier, drafter, run, {EOS}).tokens))
+    try:
+        for seed in range(NUM_SAMPLES):
+            run = DecodingConfig(gamma=config.gamma, num_drafts=config.num_drafts, max_new_tokens=MAX_NEW,
+                                 sampling=config.sampling, draft_sampling=config.draft_sampling, seed=seed)
+            samples.append(tuple(engine.generate(prompt_ids, verifier, drafter, run, {EOS}).tokens))
+    finally:
+        torch.set_num_threads(threads)
     return samples
 
 
