@@ -6,11 +6,13 @@
 - ``prompt-lookup``: transformers' prompt lookup decoding.
 - ``sd-ar``: our engine with the 0.5B autoregressive drafter.
 - ``specdiff``: our engine with a diffusion drafter adapted but not aligned (SpecDiff v1).
-- ``specdiff2``: the aligned diffusion drafter plus self-selection (K drafts).
+- ``specdiff2``: the aligned diffusion drafter plus self-selection (K drafts);
+  ``specdiff2-kN`` is the same with K = N, for sweeps over K in one run.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -98,9 +100,11 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
     greedy = SamplingConfig()
     methods, unavailable = [], {}
     assistant = None
+    drafters: dict = {}  # one network per drafter spec, shared by the methods that use it
     for name in names:
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+        k_suffix = re.fullmatch(r"specdiff2-k(\d+)", name)  # specdiff2 with an explicit K
+        if name not in METHODS and not k_suffix:
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, specdiff2-kN")
         try:
             if name in ("hf-assisted", "sd-ar") and assistant is None:
                 assistant, assistant_tokenizer = load_causal_lm(settings.assistant)
@@ -120,8 +124,10 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
                 spec = settings.specdiff_drafter if name == "specdiff" else settings.specdiff2_drafter
                 if not spec:
                     raise FileNotFoundError(f"no drafter given for {name} (--specdiff-drafter PATH)")
-                drafter, _ = load_drafter(spec)
-                num_drafts = settings.num_drafts if name == "specdiff2" else 1
+                if spec not in drafters:
+                    drafters[spec] = load_drafter(spec)[0]
+                drafter = drafters[spec]
+                num_drafts = int(k_suffix.group(1)) if k_suffix else settings.num_drafts if name == "specdiff2" else 1
                 draft_sampling = SamplingConfig(temperature=settings.draft_temperature) if num_drafts > 1 else greedy
                 config = DecodingConfig(gamma=settings.gamma, num_drafts=num_drafts, draft_sampling=draft_sampling)
                 methods.append(EngineMethod(name, verifier, drafter, config, eos))
