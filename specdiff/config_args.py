@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 
 
@@ -18,7 +19,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
         else:
-            base = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType")) else kind
+            optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
+            base = typing.get_args(kind)[0] if optional else kind
             parser.add_argument(flag, type=base, default=field.default, help=f"(default: {field.default})")
 
 
