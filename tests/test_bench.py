@@ -66,3 +66,13 @@ def test_bench_all_turns_uses_the_verifiers_answers_as_history(tiny_model_dir, t
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert sorted((r["method"], r["question_id"]) for r in records) == [
         ("ar", "mt/turn1"), ("ar", "mt/turn2"), ("ar-engine", "mt/turn1"), ("ar-engine", "mt/turn2")]
+
+
+def test_bench_without_reference_says_equality_was_not_checked(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "def add(a, b):"}) + "\n")
+    args = ["bench", "--dataset", "jsonl", "--data-path", str(prompts), "--verifier", str(tiny_model_dir),
+            "--assistant", str(tiny_model_dir), "--methods", "sd-ar", "--max-new-tokens", "6",
+            "--out", str(tmp_path / "bench")]
+    assert main(args) == 0
+    assert "NOT checked for equality" in capsys.readouterr().out

@@ -66,8 +66,8 @@ def _fmt(value, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
-def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str]) -> str:
-    lines = ["| method | prompts | tokens/s | speed-up vs ar | tau | acc@1 | acc@2 | acc@4 | draft share |",
+def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str], reference: str = "ar") -> str:
+    lines = [f"| method | prompts | tokens/s | speed-up vs {reference} | tau | acc@1 | acc@2 | acc@4 | draft share |",
              "|---|---|---|---|---|---|---|---|---|"]
     for method in methods:
         if method in unavailable:
@@ -82,7 +82,7 @@ def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str
                      f"{_fmt(acc[3], '{:.2f}')} | {_fmt(row['draft_share'], '{:.0%}')} |")
     categories = sorted({c for rows in summary.values() for c in rows if c != "all"})
     if len(categories) > 1:
-        lines += ["", "Speed-up vs ar by task group:", "",
+        lines += ["", f"Speed-up vs {reference} by task group:", "",
                   "| method | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
         for method in methods:
             if method in summary:
