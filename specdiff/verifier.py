@@ -106,7 +106,7 @@ class Verifier:
         if torch.equal(keep_nodes, torch.arange(1 + num_accepted)):
             self._cache.crop(-(num_nodes - 1 - num_accepted))
             return
-        keep = torch.cat([torch.arange(base), base + keep_nodes])
+        picked = base + keep_nodes  # the root and the chosen path, gathered behind the prefix
         for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(2, keep)
-            layer.values = layer.values.index_select(2, keep)
+            layer.keys = torch.cat([layer.keys[:, :, :base], layer.keys[:, :, picked]], dim=2)
+            layer.values = torch.cat([layer.values[:, :, :base], layer.values[:, :, picked]], dim=2)

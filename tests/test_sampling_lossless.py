@@ -6,6 +6,8 @@ whose exact probabilities are enumerated from the verifier. At NUM_SAMPLES = 300
 honest sampler's expected TV distance is about 0.025; TV_BOUND = 0.06.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,8 +48,7 @@ def sample_sequences(verifier, drafter, config: DecodingConfig) -> list[tuple[in
     samples = []
     try:
         for seed in range(NUM_SAMPLES):
-            run = DecodingConfig(gamma=config.gamma, num_drafts=config.num_drafts, max_new_tokens=MAX_NEW,
-                                 sampling=config.sampling, draft_sampling=config.draft_sampling, seed=seed)
+            run = dataclasses.replace(config, max_new_tokens=MAX_NEW, seed=seed)
             samples.append(tuple(engine.generate(prompt_ids, verifier, drafter, run, {EOS}).tokens))
     finally:
         torch.set_num_threads(threads)

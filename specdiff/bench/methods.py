@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -63,9 +64,7 @@ class EngineMethod:
         self.name, self.verifier, self.drafter, self.config, self.eos = name, verifier, drafter, config, eos
 
     def run(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> MethodOutput:
-        config = DecodingConfig(gamma=self.config.gamma, num_drafts=self.config.num_drafts,
-                                max_new_tokens=max_new_tokens, sampling=self.config.sampling,
-                                draft_sampling=self.config.draft_sampling, seed=self.config.seed)
+        config = dataclasses.replace(self.config, max_new_tokens=max_new_tokens)
         result = generate(prompt_ids, self.verifier, self.drafter, config, self.eos)
         return MethodOutput(
             result.tokens, result.seconds,
