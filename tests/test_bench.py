@@ -76,3 +76,26 @@ def test_bench_without_reference_says_equality_was_not_checked(tiny_model_dir, t
             "--out", str(tmp_path / "bench")]
     assert main(args) == 0
     assert "NOT checked for equality" in capsys.readouterr().out
+
+
+def test_bench_samples_at_a_temperature_and_skips_the_equality_check(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "def add(a, b):"}) + "\n")
+    drafter = tmp_path / "drafter"
+    save_drafter(drafter, {"mask_embedding": torch.zeros(32)}, {"base": str(tiny_model_dir), "num_layers": 2})
+    common = ["bench", "--dataset", "jsonl", "--data-path", str(prompts), "--verifier", str(tiny_model_dir),
+              "--assistant", str(tiny_model_dir), "--specdiff2-drafter", str(drafter), "--gamma", "4",
+              "--max-new-tokens", "24"]
+    methods = "ar,ar-engine,hf-assisted,sd-ar,specdiff2-k1,specdiff2-k2"
+    assert main(common + ["--methods", methods, "--out", str(tmp_path / "greedy")]) == 0
+    assert main(common + ["--methods", methods, "--temperature", "1.0", "--out", str(tmp_path / "sampled")]) == 0
+    assert "NOT compared token for token" in capsys.readouterr().out
+
+    def outputs(folder):
+        return {r["method"]: r["token_ids"] for r in map(json.loads, (tmp_path / folder / "records.jsonl").open())}
+
+    greedy, sampled = outputs("greedy"), outputs("sampled")
+    assert set(sampled) == set(methods.split(","))
+    # the tiny model's distributions are nearly flat: a sampled answer equal to the greedy one would
+    # mean the temperature never reached that method
+    assert all(sampled[m] != greedy[m] for m in sampled)

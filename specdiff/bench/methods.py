@@ -38,17 +38,23 @@ class MethodOutput:
 
 
 class HFGenerateMethod:
-    """transformers' ``generate``, greedy, with optional assistant / prompt lookup."""
+    """transformers' ``generate`` with optional assistant / prompt lookup; greedy, or pure
+    temperature sampling (no top-k/top-p, like our engine's) when ``temperature`` > 0."""
 
-    def __init__(self, name: str, model, eos: set[int], **generate_kwargs):
+    def __init__(self, name: str, model, eos: set[int], temperature: float = 0.0, seed: int = 0, **generate_kwargs):
         self.name, self.model, self.eos, self.kwargs = name, model, sorted(eos), generate_kwargs
+        self.temperature, self.seed = temperature, seed
 
     @torch.inference_mode()
     def run(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> MethodOutput:
+        sampling = dict(do_sample=False)
+        if self.temperature > 0:
+            sampling = dict(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
+            torch.manual_seed(self.seed)  # generate() draws from the global generator; it takes no other
         started = time.perf_counter()
         output = self.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
-                                     do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=self.eos,
-                                     pad_token_id=self.eos[0], repetition_penalty=1.0, **self.kwargs)
+                                     max_new_tokens=max_new_tokens, eos_token_id=self.eos,
+                                     pad_token_id=self.eos[0], repetition_penalty=1.0, **sampling, **self.kwargs)
         seconds = time.perf_counter() - started
         tokens = output[0, prompt_ids.shape[1]:].tolist()
         first_eos = next((i for i, t in enumerate(tokens) if t in self.eos), None)
@@ -81,7 +87,9 @@ class MethodSettings:
     gamma_ar: int = 5  # draft length of the autoregressive drafter
     gamma: int = 16  # draft length of the diffusion drafters
     num_drafts: int = 4  # K for specdiff2 (measured: on a CPU, large K costs more than it wins)
-    draft_temperature: float = 1.0  # drafter temperature for specdiff2 (K > 1)
+    draft_temperature: float = 1.0  # drafter temperature for specdiff2 (K > 1, or any K when sampling)
+    temperature: float = 0.0  # the verifier's: 0 is greedy (outputs checked for equality), > 0 samples
+    seed: int = 0  # sampling seed, the same for every method and prompt
     prompt_lookup_tokens: int = 10
     assistant: str = "qwen2.5-coder-0.5b-instruct"
     specdiff_drafter: str = "specdiff-qwen2.5-coder-1.5b-adapted"  # adapted, not aligned
@@ -97,6 +105,11 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
     eos = eos_token_ids(model, tokenizer)
     verifier = Verifier(model)
     greedy = SamplingConfig()
+    output_sampling = SamplingConfig(temperature=settings.temperature)
+    hf = dict(temperature=settings.temperature, seed=settings.seed)
+
+    def engine_config(**fields) -> DecodingConfig:
+        return DecodingConfig(sampling=output_sampling, seed=settings.seed, **fields)
     methods, unavailable = [], {}
     assistant = None
     drafters: dict = {}  # one network per drafter spec, shared by the methods that use it
@@ -109,16 +122,17 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
                 assistant, assistant_tokenizer = load_causal_lm(settings.assistant)
                 check_same_tokenizer(tokenizer, assistant_tokenizer)
             if name == "ar":
-                methods.append(HFGenerateMethod(name, model, eos))
+                methods.append(HFGenerateMethod(name, model, eos, **hf))
             elif name == "ar-engine":
-                methods.append(EngineMethod(name, verifier, None, DecodingConfig(), eos))
+                methods.append(EngineMethod(name, verifier, None, engine_config(), eos))
             elif name == "hf-assisted":
-                methods.append(HFGenerateMethod(name, model, eos, assistant_model=assistant))
+                methods.append(HFGenerateMethod(name, model, eos, **hf, assistant_model=assistant))
             elif name == "prompt-lookup":
-                methods.append(HFGenerateMethod(name, model, eos, prompt_lookup_num_tokens=settings.prompt_lookup_tokens))
+                methods.append(HFGenerateMethod(name, model, eos, **hf,
+                                                prompt_lookup_num_tokens=settings.prompt_lookup_tokens))
             elif name == "sd-ar":
                 methods.append(EngineMethod(name, verifier, AutoregressiveDrafter(assistant),
-                                            DecodingConfig(gamma=settings.gamma_ar), eos))
+                                            engine_config(gamma=settings.gamma_ar), eos))
             else:
                 spec = settings.specdiff_drafter if name == "specdiff" else settings.specdiff2_drafter
                 if not spec:
@@ -127,8 +141,9 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
                     drafters[spec] = load_drafter(spec)[0]
                 drafter = drafters[spec]
                 num_drafts = int(k_suffix.group(1)) if k_suffix else settings.num_drafts if name == "specdiff2" else 1
-                draft_sampling = SamplingConfig(temperature=settings.draft_temperature) if num_drafts > 1 else greedy
-                config = DecodingConfig(gamma=settings.gamma, num_drafts=num_drafts, draft_sampling=draft_sampling)
+                sampled_drafts = num_drafts > 1 or settings.temperature > 0
+                draft_sampling = SamplingConfig(temperature=settings.draft_temperature) if sampled_drafts else greedy
+                config = engine_config(gamma=settings.gamma, num_drafts=num_drafts, draft_sampling=draft_sampling)
                 methods.append(EngineMethod(name, verifier, drafter, config, eos))
         except (FileNotFoundError, ValueError, RuntimeError) as error:
             unavailable[name] = str(error).splitlines()[0]

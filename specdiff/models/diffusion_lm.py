@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from specdiff.models.small_batch_linear import SmallBatchLinear, small_batch_linear
+
 
 @dataclass(frozen=True)
 class DiffusionLMConfig:
@@ -91,7 +93,7 @@ class BlockLoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=self.weight.dtype))
 
     def forward(self, x: Tensor, adapted_from: int = 0) -> Tensor:
-        out = F.linear(x, self.weight, self.bias)
+        out = small_batch_linear(x, self.weight, self.bias)
         if not self.lora_rank or adapted_from >= x.shape[1]:
             return out
         delta = F.linear(F.linear(x[:, adapted_from:], self.lora_A), self.lora_B) * self.lora_scale
@@ -171,7 +173,7 @@ class DiffusionLM(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = SmallBatchLinear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 

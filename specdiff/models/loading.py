@@ -9,6 +9,7 @@ import torch
 
 from specdiff.models.prepare import ModelUnavailableError, is_prepared, prepare
 from specdiff.models.registry import PACKAGED_MODELS
+from specdiff.models.small_batch_linear import use_small_batch_linear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,7 +35,8 @@ def load_tokenizer(spec: str):
 
 def load_causal_lm(spec: str, dtype: str = "float32"):
     """(model, tokenizer) for a named model, a local folder or a Hub id. fp32 by default:
-    on AVX2 CPUs bf16 is emulated and makes multi-token verification about 3x slower."""
+    on AVX2 CPUs bf16 is emulated and makes multi-token verification about 3x slower.
+    Linear layers are swapped for :class:`SmallBatchLinear` (faster 2-64 row passes on CPU)."""
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
@@ -45,7 +47,7 @@ def load_causal_lm(spec: str, dtype: str = "float32"):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="sdpa")
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelUnavailableError(_not_loadable(spec, error)) from None
-    return model.eval(), tokenizer
+    return use_small_batch_linear(model).eval(), tokenizer
 
 
 def _not_loadable(spec: str, error: Exception) -> str:
