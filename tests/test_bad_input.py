@@ -66,3 +66,13 @@ def test_cli_reports_unknown_model(capsys, tmp_path):
     missing.mkdir()
     assert main(["generate", "--verifier", str(missing), "--drafter", "none", "--prompt", "hi"]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_cli_default_gamma_is_the_decoding_configs():
+    import argparse
+
+    from specdiff.cli import add_decoding_args
+
+    parser = argparse.ArgumentParser()
+    add_decoding_args(parser)
+    assert parser.get_default("gamma") == DecodingConfig.gamma

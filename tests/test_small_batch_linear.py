@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_causal_lm
 from specdiff.models.small_batch_linear import SmallBatchLinear, small_batch_linear, use_small_batch_linear
-from tests.conftest import tiny_causal_lm
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (1, 17), (3, 5), (1, 64), (1, 65), (2, 40)])

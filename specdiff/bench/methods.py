@@ -85,8 +85,8 @@ class EngineMethod:
 @dataclass(frozen=True)
 class MethodSettings:
     gamma_ar: int = 5  # draft length of the autoregressive drafter
-    gamma: int = 16  # draft length of the diffusion drafters
-    num_drafts: int = 4  # K for specdiff2 (measured: on a CPU, large K costs more than it wins)
+    gamma: int = DecodingConfig.gamma  # draft length of the diffusion drafters
+    num_drafts: int = 2  # K for specdiff2: the smallest self-selection (on a CPU larger K costs more than it wins)
     draft_temperature: float = 1.0  # drafter temperature for specdiff2 (K > 1, or any K when sampling)
     temperature: float = 0.0  # the verifier's: 0 is greedy (outputs checked for equality), > 0 samples
     seed: int = 0  # sampling seed, the same for every method and prompt
