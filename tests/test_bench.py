@@ -86,7 +86,7 @@ def test_bench_samples_at_a_temperature_and_skips_the_equality_check(tiny_model_
     common = ["bench", "--dataset", "jsonl", "--data-path", str(prompts), "--verifier", str(tiny_model_dir),
               "--assistant", str(tiny_model_dir), "--specdiff2-drafter", str(drafter), "--gamma", "4",
               "--max-new-tokens", "24"]
-    methods = "ar,ar-engine,hf-assisted,sd-ar,specdiff2-k1,specdiff2-k2"
+    methods = "ar,ar-engine,hf-assisted,sd-ar,specdiff2-k1,specdiff2-k2-g3"
     assert main(common + ["--methods", methods, "--out", str(tmp_path / "greedy")]) == 0
     assert main(common + ["--methods", methods, "--temperature", "1.0", "--out", str(tmp_path / "sampled")]) == 0
     assert "NOT compared token for token" in capsys.readouterr().out
@@ -99,3 +99,5 @@ def test_bench_samples_at_a_temperature_and_skips_the_equality_check(tiny_model_
     # the tiny model's distributions are nearly flat: a sampled answer equal to the greedy one would
     # mean the temperature never reached that method
     assert all(sampled[m] != greedy[m] for m in sampled)
+    drafted = {r["method"]: r["drafted"] for r in map(json.loads, (tmp_path / "greedy" / "records.jsonl").open())}
+    assert max(drafted["specdiff2-k2-g3"]) == 3 and max(drafted["specdiff2-k1"]) == 4  # -g3 overrides --gamma 4

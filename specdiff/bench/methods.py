@@ -7,7 +7,8 @@
 - ``sd-ar``: our engine with the 0.5B autoregressive drafter.
 - ``specdiff``: our engine with a diffusion drafter adapted but not aligned (SpecDiff v1).
 - ``specdiff2``: the aligned diffusion drafter plus self-selection (K drafts);
-  ``specdiff2-kN`` is the same with K = N, for sweeps over K in one run.
+  ``specdiff2-kN`` is the same with K = N and ``specdiff2-kN-gG`` also with gamma = G,
+  for sweeps over K and gamma in one run.
 """
 
 from __future__ import annotations
@@ -114,9 +115,9 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
     assistant = None
     drafters: dict = {}  # one network per drafter spec, shared by the methods that use it
     for name in names:
-        k_suffix = re.fullmatch(r"specdiff2-k(\d+)", name)  # specdiff2 with an explicit K
+        k_suffix = re.fullmatch(r"specdiff2-k(\d+)(?:-g(\d+))?", name)  # specdiff2 with explicit K (and gamma)
         if name not in METHODS and not k_suffix:
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, specdiff2-kN")
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, specdiff2-kN, specdiff2-kN-gG")
         try:
             if name in ("hf-assisted", "sd-ar") and assistant is None:
                 assistant, assistant_tokenizer = load_causal_lm(settings.assistant)
@@ -143,7 +144,8 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
                 num_drafts = int(k_suffix.group(1)) if k_suffix else settings.num_drafts if name == "specdiff2" else 1
                 sampled_drafts = num_drafts > 1 or settings.temperature > 0
                 draft_sampling = SamplingConfig(temperature=settings.draft_temperature) if sampled_drafts else greedy
-                config = engine_config(gamma=settings.gamma, num_drafts=num_drafts, draft_sampling=draft_sampling)
+                gamma = int(k_suffix.group(2)) if k_suffix and k_suffix.group(2) else settings.gamma
+                config = engine_config(gamma=gamma, num_drafts=num_drafts, draft_sampling=draft_sampling)
                 methods.append(EngineMethod(name, verifier, drafter, config, eos))
         except (FileNotFoundError, ValueError, RuntimeError) as error:
             unavailable[name] = str(error).splitlines()[0]
