@@ -23,7 +23,7 @@ class DecodingConfig:
     the verifier's).
 
     gamma defaults to 3: on a 2-core CPU a verification pass costs ~0.37 s for 1 token,
-    ~0.45 s for 4 and ~0.9 s for 17, while the shipped drafter's acceptance falls to ~0.16
+    ~0.45 s for 4 and ~0.86 s for 17, while the shipped drafter's acceptance falls to ~0.16
     at draft position 3, so short blocks win: 1.32x plain decoding at gamma 3 vs 0.71x at 16
     in one bench run (README, "Choosing gamma"). GPUs verify 17 tokens at about the cost of
     one: use 16 there."""
