@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from specdiff.bench.report import acceptance_by_position
+from specdiff.bench.report import acceptance_by_position, markdown_table, summarize
 from specdiff.cli import main
 from specdiff.models.drafter_files import save_drafter
 
@@ -13,6 +13,21 @@ def test_acceptance_by_position_counts_drafted_slots():
     records = [{"drafted": [3, 3, 1], "accepted_lengths": [4, 1, 2]}]
     # slot 0 accepted in calls 1 and 3 of 3; slot 1 in call 1 of 2; slot 2 in call 1 of 2
     assert acceptance_by_position(records) == [2 / 3, 1 / 2, 1 / 2]
+
+
+def test_summary_reports_speedup_tokens_per_second_and_tau_per_task_group():
+    def record(method, qid, category, seconds, calls):
+        return {"method": method, "question_id": qid, "category": category, "new_tokens": 8, "wall_time": seconds,
+                "accepted_lengths": [0] * calls, "draft_seconds": 0.0, "verify_seconds": seconds}
+
+    records = [record("ar", "a", "code", 4.0, 8), record("ar", "b", "math", 4.0, 8),
+               record("fast", "a", "code", 1.0, 2), record("fast", "b", "math", 2.0, 4)]
+    table = markdown_table(summarize(records, "ar"), {}, ["ar", "fast"], "ar")
+    groups = table.split("by task group:")
+    assert len(groups) == 4  # speed-up, tokens/s and tau tables
+    assert "| fast | 4.00x | 2.00x |" in groups[1]
+    assert "| fast | 8.00 | 4.00 |" in groups[2]
+    assert "| fast | 4.00 | 2.00 |" in groups[3]
 
 
 def test_bench_runs_all_methods_and_checks_equality(tiny_model_dir, tmp_path, capsys):

@@ -44,7 +44,7 @@ def cmd_bench(args) -> int:
     report = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(report)
     (out / "summary.json").write_text(json.dumps({"summary": summary, "unavailable": unavailable}, indent=2))
-    plot(summary, methods, out)
+    plot(summary, methods, out, reference or "ar")
     print(report)
     print(f"records, summary and plots in {out}")
     return 1 if any(not d.is_tie for _, _, d in mismatches) else 0

@@ -82,16 +82,19 @@ def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str
                      f"{_fmt(acc[3], '{:.2f}')} | {_fmt(row['draft_share'], '{:.0%}')} |")
     categories = sorted({c for rows in summary.values() for c in rows if c != "all"})
     if len(categories) > 1:
-        lines += ["", f"Speed-up vs {reference} by task group:", "",
-                  "| method | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
-        for method in methods:
-            if method in summary:
-                cells = [_fmt(summary[method].get(c, {}).get("speedup"), "{:.2f}x") for c in categories]
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        by_group = ((f"Speed-up vs {reference}", "speedup", "{:.2f}x"), ("Tokens/s", "tokens_per_s", "{:.2f}"),
+                    ("tau (tokens per verifier call)", "tau", "{:.2f}"))
+        for title, key, pattern in by_group:
+            lines += ["", f"{title} by task group:", "",
+                      "| method | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
+            for method in methods:
+                if method in summary:
+                    cells = [_fmt(summary[method].get(c, {}).get(key), pattern) for c in categories]
+                    lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, methods: list[str], out: Path) -> list[Path]:
+def plot(summary: dict, methods: list[str], out: Path, reference: str = "ar") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,7 +109,7 @@ def plot(summary: dict, methods: list[str], out: Path) -> list[Path]:
         ax.bar([x + i * width for x in range(len(categories))], values, width, label=method)
     ax.axhline(1.0, color="gray", linewidth=0.8)
     ax.set_xticks([x + width * (len(shown) - 1) / 2 for x in range(len(categories))], categories, rotation=20)
-    ax.set_ylabel("speed-up over ar (per-prompt time ratio)")
+    ax.set_ylabel(f"speed-up over {reference} (per-prompt time ratio)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     speedup_path = out / "speedup.png"
