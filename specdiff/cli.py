@@ -25,6 +25,8 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--draft-temperature", type=float, default=None,
                         help="drafter temperature (default: the verifier's)")
+    parser.add_argument("--argmax-candidate", action=argparse.BooleanOptionalAction, default=True,
+                        help="greedy decoding with K > 1: candidate 0 is the drafter's argmax draft (default: on)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
 
@@ -50,7 +52,8 @@ def decoding_config(args):
     if args.steps < 1:
         raise ValueError(f"steps (denoising passes) must be >= 1, got {args.steps}")
     return DecodingConfig(gamma=args.gamma, num_drafts=args.num_drafts, max_new_tokens=args.max_new_tokens,
-                          sampling=sampling, draft_sampling=draft_sampling, seed=args.seed)
+                          sampling=sampling, draft_sampling=draft_sampling, seed=args.seed,
+                          argmax_candidate=args.argmax_candidate)
 
 
 def load_pair(args):

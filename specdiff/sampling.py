@@ -82,3 +82,19 @@ def choose_tokens(
         tokens = logits.argmax(-1, keepdim=True).expand(*logits.shape[:-1], num_samples)
         return tokens, probs
     return sample(probs, generator, num_samples), probs
+
+
+def make_first_candidate_greedy(tokens: Tensor, probs: Tensor, first_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Replace candidate 0 of sampled drafts by the argmax of its logits.
+
+    tokens: [K, ...] int64 and probs: [K, ..., vocab], the candidates' tokens and the
+    distributions they were drawn from; first_logits: [..., vocab], candidate 0's logits.
+    Returns new tensors in which candidate 0 is the argmax and its distribution the
+    argmax's one-hot, so ``probs`` still says what every token was drawn from. The K rows
+    are then no longer identically distributed: only greedy verification, whose
+    acceptance ignores how drafts were drawn, may use such candidates.
+    """
+    greedy_tokens, greedy_probs = choose_tokens(first_logits, SamplingConfig(), None)
+    tokens = torch.cat([greedy_tokens[..., 0][None], tokens[1:]])
+    probs = torch.cat([greedy_probs[None], probs[1:]])
+    return tokens, probs

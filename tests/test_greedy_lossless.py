@@ -47,10 +47,11 @@ def test_self_drafting_accepts_everything(verifier):
 
 
 @pytest.mark.parametrize("num_drafts", [2, 5])
-def test_multi_draft_greedy_equals_plain_greedy(verifier, num_drafts):
+@pytest.mark.parametrize("argmax_candidate", [True, False])
+def test_multi_draft_greedy_equals_plain_greedy(verifier, num_drafts, argmax_candidate):
     drafter = make_drafter("diffusion", verifier, 1)
     config = DecodingConfig(gamma=5, max_new_tokens=30, num_drafts=num_drafts,
-                            draft_sampling=SamplingConfig(temperature=1.5))
+                            draft_sampling=SamplingConfig(temperature=1.5), argmax_candidate=argmax_candidate)
     for prompt in PROMPTS:
         prompt_ids = torch.tensor([prompt])
         reference = autoregressive_generate(prompt_ids, verifier, config)

@@ -105,7 +105,7 @@ class RightToLeftDrafter:
     def reset(self):
         pass
 
-    def draft(self, prefix, gamma, sampling, num_drafts=1, generator=None):
+    def draft(self, prefix, gamma, sampling, num_drafts=1, generator=None, greedy_first=False):
         uniform = torch.full((self.vocab_size,), 1 / self.vocab_size)
         probs = torch.zeros(gamma, self.vocab_size)
         tokens = torch.zeros(gamma, dtype=torch.long)

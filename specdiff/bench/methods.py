@@ -89,6 +89,7 @@ class MethodSettings:
     gamma: int = DecodingConfig.gamma  # draft length of the diffusion drafters
     num_drafts: int = 2  # K for specdiff2: the smallest self-selection (on a CPU larger K costs more than it wins)
     draft_temperature: float = 1.0  # drafter temperature for specdiff2 (K > 1, or any K when sampling)
+    argmax_candidate: bool = True  # greedy specdiff2 with K > 1: candidate 0 is the drafter's argmax draft
     temperature: float = 0.0  # the verifier's: 0 is greedy (outputs checked for equality), > 0 samples
     seed: int = 0  # sampling seed, the same for every method and prompt
     prompt_lookup_tokens: int = 10
@@ -145,7 +146,8 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
                 sampled_drafts = num_drafts > 1 or settings.temperature > 0
                 draft_sampling = SamplingConfig(temperature=settings.draft_temperature) if sampled_drafts else greedy
                 gamma = int(k_suffix.group(2)) if k_suffix and k_suffix.group(2) else settings.gamma
-                config = engine_config(gamma=gamma, num_drafts=num_drafts, draft_sampling=draft_sampling)
+                config = engine_config(gamma=gamma, num_drafts=num_drafts, draft_sampling=draft_sampling,
+                                       argmax_candidate=settings.argmax_candidate)
                 methods.append(EngineMethod(name, verifier, drafter, config, eos))
         except (FileNotFoundError, ValueError, RuntimeError) as error:
             unavailable[name] = str(error).splitlines()[0]

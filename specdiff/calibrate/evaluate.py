@@ -21,6 +21,7 @@ import torch
 
 from specdiff.acceptance import greedy_accept
 from specdiff.drafters.base import Drafter
+from specdiff.engine import DecodingConfig
 from specdiff.sampling import SamplingConfig
 
 
@@ -55,6 +56,7 @@ def replay(drafter: Drafter, prompt_ids: list[int], trajectory: list[int], gamma
            num_drafts: int = 1, draft_sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> None:
     """Replay greedy speculative decoding of ``trajectory`` with ``drafter``, adding to ``stats``."""
     generator = torch.Generator().manual_seed(seed)
+    greedy_first = DecodingConfig(num_drafts=num_drafts, draft_sampling=draft_sampling).greedy_first_draft  # as the engine
     drafter.reset()
     position = 0
     while position < len(trajectory):
@@ -63,7 +65,7 @@ def replay(drafter: Drafter, prompt_ids: list[int], trajectory: list[int], gamma
         truth = trajectory[position:position + step_gamma + 1]
         if step_gamma > 0:
             started = time.perf_counter()
-            draft = drafter.draft(context, step_gamma, draft_sampling, num_drafts, generator)
+            draft = drafter.draft(context, step_gamma, draft_sampling, num_drafts, generator, greedy_first=greedy_first)
             stats.draft_seconds += time.perf_counter() - started
             target_logits = torch.nn.functional.one_hot(torch.tensor(truth), drafter.vocab_size).float()
             accepted = greedy_accept(draft.tokens, target_logits.expand(draft.tokens.shape[0], -1, -1)).num_accepted

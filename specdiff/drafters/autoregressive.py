@@ -9,7 +9,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from specdiff.drafters.base import Draft, common_prefix_length
-from specdiff.sampling import SamplingConfig, choose_tokens
+from specdiff.sampling import SamplingConfig, choose_tokens, make_first_candidate_greedy
 
 
 class AutoregressiveDrafter:
@@ -37,6 +37,7 @@ class AutoregressiveDrafter:
         sampling: SamplingConfig,
         num_drafts: int = 1,
         generator: torch.Generator | None = None,
+        greedy_first: bool = False,
     ) -> Draft:
         tokens = prefix[0].tolist()
         keep = min(common_prefix_length(self._cached_tokens, tokens), len(tokens) - 1)
@@ -53,6 +54,9 @@ class AutoregressiveDrafter:
         draft_tokens, draft_probs = [], []
         for slot in range(gamma):
             token, probs = choose_tokens(logits, sampling, generator, 1)  # [K, 1], [K, vocab]
+            if greedy_first:
+                first_token, probs = make_first_candidate_greedy(token[:, 0], probs, logits[0])
+                token = first_token[:, None]
             draft_tokens.append(token[:, 0])
             draft_probs.append(probs)
             if slot < gamma - 1:  # the last draft token needs no pass of its own

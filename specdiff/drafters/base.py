@@ -23,7 +23,9 @@ class Drafter(Protocol):
     Contract for losslessness: ``draft_probs[k, j]`` is exactly the distribution that
     ``tokens[k, j]`` was sampled from, and it may depend only on the prefix and on
     ``tokens[k, :j]`` (draft tokens to its left). The K rows are sampled independently
-    (with replacement). Drafters keep their own caches and reconcile them with the
+    (with replacement), except that ``greedy_first=True`` makes row 0 the argmax draft
+    (each slot the argmax given row 0's tokens to its left; ``draft_probs[0]`` one-hot):
+    callers ask for that only under greedy verification. Drafters keep their own caches and reconcile them with the
     prefix they are given, so the caller never has to tell them what was accepted.
     """
 
@@ -36,6 +38,7 @@ class Drafter(Protocol):
         sampling: SamplingConfig,
         num_drafts: int = 1,
         generator: torch.Generator | None = None,
+        greedy_first: bool = False,
     ) -> Draft: ...
 
     def reset(self) -> None:

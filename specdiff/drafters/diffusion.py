@@ -23,7 +23,7 @@ from torch import Tensor
 
 from specdiff.drafters.base import Draft, common_prefix_length
 from specdiff.models.diffusion_lm import DiffusionLM, KVCache
-from specdiff.sampling import SamplingConfig, choose_tokens
+from specdiff.sampling import SamplingConfig, choose_tokens, make_first_candidate_greedy
 
 
 def chunk_bounds(gamma: int, steps: int) -> list[tuple[int, int]]:
@@ -98,6 +98,7 @@ class DiffusionDrafter:
         sampling: SamplingConfig,
         num_drafts: int = 1,
         generator: torch.Generator | None = None,
+        greedy_first: bool = False,
     ) -> Draft:
         tokens = prefix[0].tolist()
         causal_tokens = self._sync_cache(tokens)
@@ -107,20 +108,27 @@ class DiffusionDrafter:
 
         first_end = bounds[0][1]
         hidden = self._block_pass(causal_tokens, block)  # [1, gamma, hidden]
-        chunk_tokens, chunk_probs = choose_tokens(self._slot_logits(hidden[0, :first_end]), sampling, generator,
-                                                  num_drafts)  # [chunk, K], [chunk, vocab]
+        first_logits = self._slot_logits(hidden[0, :first_end])  # [chunk, vocab], shared by all K drafts
+        chunk_tokens, chunk_probs = choose_tokens(first_logits, sampling, generator, num_drafts)  # [chunk, K], [chunk, vocab]
+        chunk_tokens, chunk_probs = chunk_tokens.T, chunk_probs[None].expand(num_drafts, -1, -1)
+        if greedy_first:
+            chunk_tokens, chunk_probs = make_first_candidate_greedy(chunk_tokens, chunk_probs, first_logits)
         if len(bounds) == 1:  # one pass: every draft shares the marginals
-            return Draft(tokens=chunk_tokens.T.contiguous(), draft_probs=chunk_probs[None].expand(num_drafts, -1, -1))
+            return Draft(tokens=chunk_tokens.contiguous(), draft_probs=chunk_probs)
 
         draft_tokens = torch.zeros(num_drafts, gamma, dtype=torch.long)
         draft_probs = torch.zeros(num_drafts, gamma, self.vocab_size)
-        draft_tokens[:, :first_end] = chunk_tokens.T
+        draft_tokens[:, :first_end] = chunk_tokens
         draft_probs[:, :first_end] = chunk_probs
         blocks = block.expand(num_drafts, -1).clone()
         for start, end in bounds[1:]:
             blocks[:, 1:start + 1] = draft_tokens[:, :start]  # slot i's token sits in block row i + 1
             hidden = self._block_pass([], blocks)  # [K, gamma, hidden]
-            chunk_tokens, chunk_probs = choose_tokens(self._slot_logits(hidden[:, start:end]), sampling, generator, 1)
-            draft_tokens[:, start:end] = chunk_tokens[..., 0]
+            logits = self._slot_logits(hidden[:, start:end])  # [K, chunk, vocab]
+            chunk_tokens, chunk_probs = choose_tokens(logits, sampling, generator, 1)
+            chunk_tokens = chunk_tokens[..., 0]
+            if greedy_first:
+                chunk_tokens, chunk_probs = make_first_candidate_greedy(chunk_tokens, chunk_probs, logits[0])
+            draft_tokens[:, start:end] = chunk_tokens
             draft_probs[:, start:end] = chunk_probs
         return Draft(tokens=draft_tokens, draft_probs=draft_probs)

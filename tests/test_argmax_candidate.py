@@ -1,0 +1,77 @@
+"""Greedy self-selection keeps the drafter's argmax draft as candidate 0, so K > 1 never
+drafts worse than K = 1; sampled verification never gets such non-i.i.d. candidates."""
+
+import pytest
+import torch
+
+from conftest import tiny_causal_lm
+from specdiff.drafters import AutoregressiveDrafter
+from specdiff.drafters.diffusion import DiffusionDrafter
+from specdiff.engine import DecodingConfig, speculative_generate
+from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.sampling import SamplingConfig, make_first_candidate_greedy
+from specdiff.verifier import Verifier
+
+HOT = SamplingConfig(temperature=5.0)  # hot enough that sampled rows rarely equal the argmax
+
+
+def test_first_candidate_becomes_argmax_and_the_others_stay():
+    tokens = torch.tensor([[3, 3], [1, 0], [2, 2]])  # [K=3, slots=2]
+    probs = torch.full((3, 2, 4), 0.25)
+    first_logits = torch.tensor([[0.0, 5.0, 1.0, 2.0], [9.0, 0.0, 0.0, 0.0]])
+    new_tokens, new_probs = make_first_candidate_greedy(tokens, probs, first_logits)
+    assert new_tokens.tolist() == [[1, 0], [1, 0], [2, 2]]
+    assert new_probs[0].tolist() == [[0, 1, 0, 0], [1, 0, 0, 0]]
+    assert torch.equal(new_probs[1:], probs[1:])
+    assert tokens[0].tolist() == [3, 3]  # inputs untouched
+
+
+def make(kind: str):
+    if kind == "ar":
+        return AutoregressiveDrafter(tiny_causal_lm("qwen2", seed=5))
+    network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
+    return DiffusionDrafter(network, steps=1 if kind == "diffusion-1-pass" else 3)
+
+
+@pytest.mark.parametrize("kind", ["diffusion-1-pass", "diffusion-3-passes", "ar"])
+def test_candidate_zero_is_the_single_greedy_draft(kind):
+    drafter = make(kind)
+    prefix = torch.tensor([[4, 9, 2, 11]])
+    greedy = drafter.draft(prefix, 6, SamplingConfig())
+    drafter.reset()
+    drafts = drafter.draft(prefix, 6, HOT, num_drafts=8, generator=torch.Generator().manual_seed(0), greedy_first=True)
+    assert torch.equal(drafts.tokens[0], greedy.tokens[0])
+    assert torch.equal(drafts.draft_probs[0], greedy.draft_probs[0])  # one-hot: what row 0 was drawn from
+    assert any(not torch.equal(row, greedy.tokens[0]) for row in drafts.tokens[1:])  # the others are sampled
+    drafter.reset()
+    plain = drafter.draft(prefix, 6, HOT, num_drafts=8, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(plain.tokens[0], greedy.tokens[0])  # control: without the flag row 0 is a sample
+
+
+class FlagSpy:
+    """Wraps a drafter and records the greedy_first flag of every call."""
+
+    def __init__(self, drafter):
+        self.drafter, self.vocab_size, self.flags = drafter, drafter.vocab_size, []
+
+    def reset(self):
+        self.drafter.reset()
+
+    def draft(self, prefix, gamma, sampling, num_drafts=1, generator=None, greedy_first=False):
+        self.flags.append(greedy_first)
+        return self.drafter.draft(prefix, gamma, sampling, num_drafts, generator, greedy_first)
+
+
+@pytest.mark.parametrize("verifier_temperature, num_drafts, argmax_candidate, expected", [
+    (0.0, 4, True, True),
+    (0.0, 4, False, False),
+    (0.0, 1, True, False),
+    (1.0, 4, True, False),  # sampled verification needs i.i.d. drafts
+])
+def test_engine_asks_for_argmax_candidate_only_under_greedy_verification(
+        verifier_temperature, num_drafts, argmax_candidate, expected):
+    spy = FlagSpy(make("diffusion-1-pass"))
+    config = DecodingConfig(gamma=3, num_drafts=num_drafts, max_new_tokens=8, draft_sampling=HOT,
+                            sampling=SamplingConfig(temperature=verifier_temperature), argmax_candidate=argmax_candidate)
+    speculative_generate(torch.tensor([[1, 2, 3]]), spy, Verifier(tiny_causal_lm("llama", seed=0)), config)
+    assert spy.flags and set(spy.flags) == {expected}
