@@ -30,6 +30,24 @@ def test_summary_reports_speedup_tokens_per_second_and_tau_per_task_group():
     assert "| fast | 4.00 | 2.00 |" in groups[3]
 
 
+def test_summary_reports_verify_cost_per_call_and_share_of_other_candidates():
+    common = {"category": "code", "new_tokens": 6, "wall_time": 3.0, "draft_seconds": 1.0, "drafted": [2, 2, 2, 2]}
+    records = [
+        {**common, "method": "k4", "question_id": "a", "accepted_lengths": [2, 1], "verify_seconds": 1.0,
+         "candidates": [0, 3]},
+        {**common, "method": "k4", "question_id": "b", "accepted_lengths": [1, 2], "verify_seconds": 2.0,
+         "candidates": [2, 1]},
+        {**common, "method": "hf", "question_id": "a", "accepted_lengths": None, "verify_seconds": None},
+    ]
+    summary = summarize(records, "hf")
+    assert summary["k4"]["all"]["verify_seconds_per_call"] == 3.0 / 4
+    assert summary["k4"]["all"]["other_candidate_share"] == 3 / 4
+    assert summary["hf"]["all"]["verify_seconds_per_call"] is None
+    table = markdown_table(summary, {}, ["hf", "k4"], "hf")
+    assert table.splitlines()[3].endswith("| 0.75 | 75% |")
+    assert table.splitlines()[2].endswith("| n/a | n/a |")
+
+
 def test_bench_runs_all_methods_and_checks_equality(tiny_model_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "category": cat, "prompt": text}) + "\n"

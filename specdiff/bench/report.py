@@ -36,12 +36,17 @@ def summarize(records: list[dict], reference: str = "ar") -> dict[str, dict[str,
         calls = [len(r["accepted_lengths"]) for r in rows if r.get("accepted_lengths") is not None]
         draft = sum(r["draft_seconds"] or 0 for r in rows)
         verify = sum(r["verify_seconds"] or 0 for r in rows)
+        chosen = [c for r in rows for c in (r.get("candidates") or [])]
+        engine_rows = len(calls) == len(rows) and sum(calls)  # our engine's records: per-call data for all
         summary[method][category] = {
             "prompts": len(rows),
             "tokens_per_s": tokens / seconds if seconds else 0.0,
             "speedup": sum(ratios) / len(ratios) if ratios else None,
-            "tau": tokens / sum(calls) if len(calls) == len(rows) and sum(calls) else None,
+            "tau": tokens / sum(calls) if engine_rows else None,
             "draft_share": draft / (draft + verify) if draft + verify else None,
+            "verify_seconds_per_call": verify / sum(calls) if engine_rows else None,
+            # self-selection: share of verifier calls whose accepted tokens came from a candidate other than the first
+            "other_candidate_share": sum(c != 0 for c in chosen) / len(chosen) if engine_rows and chosen else None,
             "acceptance": acceptance_by_position(rows),
         }
     return summary
@@ -67,11 +72,12 @@ def _fmt(value, pattern: str) -> str:
 
 
 def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str], reference: str = "ar") -> str:
-    lines = [f"| method | prompts | tokens/s | speed-up vs {reference} | tau | acc@1 | acc@2 | acc@4 | draft share |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| method | prompts | tokens/s | speed-up vs {reference} | tau | acc@1 | acc@2 | acc@4 | draft share "
+             "| verify s/call | not 1st candidate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in methods:
         if method in unavailable:
-            lines.append(f"| {method} | unavailable: {unavailable[method]} |||||||| ")
+            lines.append(f"| {method} | unavailable: {unavailable[method]} |||||||||| ")
             continue
         row = summary.get(method, {}).get("all")
         if row is None:
@@ -79,7 +85,8 @@ def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str
         acc = row["acceptance"] + [None] * 4
         lines.append(f"| {method} | {row['prompts']} | {row['tokens_per_s']:.2f} | {_fmt(row['speedup'], '{:.2f}x')} | "
                      f"{_fmt(row['tau'], '{:.2f}')} | {_fmt(acc[0], '{:.2f}')} | {_fmt(acc[1], '{:.2f}')} | "
-                     f"{_fmt(acc[3], '{:.2f}')} | {_fmt(row['draft_share'], '{:.0%}')} |")
+                     f"{_fmt(acc[3], '{:.2f}')} | {_fmt(row['draft_share'], '{:.0%}')} | "
+                     f"{_fmt(row['verify_seconds_per_call'], '{:.2f}')} | {_fmt(row['other_candidate_share'], '{:.0%}')} |")
     categories = sorted({c for rows in summary.values() for c in rows if c != "all"})
     if len(categories) > 1:
         by_group = ((f"Speed-up vs {reference}", "speedup", "{:.2f}x"), ("Tokens/s", "tokens_per_s", "{:.2f}"),
