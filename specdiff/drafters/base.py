@@ -25,8 +25,9 @@ class Drafter(Protocol):
     ``tokens[k, :j]`` (draft tokens to its left). The K rows are sampled independently
     (with replacement), except that ``greedy_first=True`` makes row 0 the argmax draft
     (each slot the argmax given row 0's tokens to its left; ``draft_probs[0]`` one-hot):
-    callers ask for that only under greedy verification. Drafters keep their own caches and reconcile them with the
-    prefix they are given, so the caller never has to tell them what was accepted.
+    callers ask for that only under greedy verification. Drafters keep their own caches
+    and reconcile them with the prefix they are given, so the caller never has to tell
+    them what was accepted.
     """
 
     vocab_size: int
