@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -41,14 +42,25 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
 
 
+@contextlib.contextmanager
+def naming_flag(flag: str):
+    """Prefix a setting's ValueError with the command-line flag that carried it."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+
+
 def decoding_config(args):
     from specdiff.engine import DecodingConfig
     from specdiff.sampling import SamplingConfig
 
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    with naming_flag("--temperature/--top-k/--top-p"):
+        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     draft_sampling = None
     if args.draft_temperature is not None:
-        draft_sampling = SamplingConfig(temperature=args.draft_temperature)
+        with naming_flag("--draft-temperature"):
+            draft_sampling = SamplingConfig(temperature=args.draft_temperature)
     if args.steps < 1:
         raise ValueError(f"steps (denoising passes) must be >= 1, got {args.steps}")
     return DecodingConfig(gamma=args.gamma, num_drafts=args.num_drafts, max_new_tokens=args.max_new_tokens,
@@ -58,9 +70,11 @@ def decoding_config(args):
 
 def load_pair(args):
     """(verifier model, tokenizer, drafter or None); checks the tokenizers match."""
-    from specdiff.models.drafter_loading import load_drafter
+    from specdiff.models.drafter_loading import check_drafter_spec, load_drafter
     from specdiff.models.loading import check_same_tokenizer, load_causal_lm
 
+    if args.drafter.lower() != "none":
+        check_drafter_spec(args.drafter)
     model, tokenizer = load_causal_lm(args.verifier, args.dtype)
     drafter = None
     if args.drafter.lower() != "none":
@@ -126,7 +140,7 @@ def cmd_models_prepare(args) -> int:
     from specdiff.models.prepare import prepare
 
     started = time.perf_counter()
-    folder = prepare(args.name)
+    folder = prepare(args.name, force=args.force)
     print(f"{args.name} ready in {folder} ({time.perf_counter() - started:.1f} s)")
     return 0
 
@@ -148,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.add_parser("list", help="list named models").set_defaults(run=cmd_models_list)
     prepare = model_commands.add_parser("prepare", help="verify and convert a named model once")
     prepare.add_argument("name")
+    prepare.add_argument("--force", action="store_true", help="rebuild the cache entry (e.g. after it was damaged)")
     prepare.set_defaults(run=cmd_models_prepare)
 
     for register in _extra_commands():

@@ -95,6 +95,12 @@ def check_inputs(prompt_ids: Tensor, verifier: Verifier, drafter: Drafter | None
         raise ValueError(f"prompt_ids must have shape [1, length] (batch size 1), got {tuple(prompt_ids.shape)}")
     if prompt_ids.shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one token")
+    largest = int(prompt_ids.max())
+    if largest >= verifier.vocab_size or int(prompt_ids.min()) < 0:
+        raise ValueError(
+            f"the prompt holds token id {largest}, outside the verifier's vocabulary of {verifier.vocab_size}: "
+            "the tokenizer does not belong to this model (load both from the same folder)"
+        )
     if verifier.max_length and prompt_ids.shape[1] + config.max_new_tokens + config.gamma > verifier.max_length:
         raise ValueError(
             f"prompt ({prompt_ids.shape[1]} tokens) + max_new_tokens ({config.max_new_tokens}) + gamma "

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from specdiff.bench.report import acceptance_by_position, markdown_table, summarize
@@ -134,3 +135,72 @@ def test_bench_samples_at_a_temperature_and_skips_the_equality_check(tiny_model_
     assert all(sampled[m] != greedy[m] for m in sampled)
     drafted = {r["method"]: r["drafted"] for r in map(json.loads, (tmp_path / "greedy" / "records.jsonl").open())}
     assert max(drafted["specdiff2-k2-g3"]) == 3 and max(drafted["specdiff2-k1"]) == 4  # -g3 overrides --gamma 4
+
+
+def _one_prompt_args(tiny_model_dir, tmp_path, *extra):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"def f{i}(a):"}) + "\n" for i in range(2)))
+    return ["bench", "--dataset", "jsonl", "--data-path", str(prompts), "--verifier", str(tiny_model_dir),
+            "--methods", "ar,ar-engine", "--out", str(tmp_path / "bench"), *extra]
+
+
+def test_bench_rerun_with_other_settings_is_refused_and_changes_nothing(tiny_model_dir, tmp_path, capsys):
+    args = _one_prompt_args(tiny_model_dir, tmp_path, "--max-new-tokens", "4")
+    assert main(args) == 0
+    config_before = (tmp_path / "bench" / "config.json").read_text()
+    assert main(args[:-2] + ["--max-new-tokens", "6", "--gamma-ar", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "max_new_tokens (4 there, 6 now)" in err and "settings.gamma_ar (5 there, 2 now)" in err
+    assert (tmp_path / "bench" / "config.json").read_text() == config_before
+    # a smaller selection of the same run reuses its records and reports only those
+    assert main(args + ["--limit", "1"]) == 0
+    assert "| ar | 1 |" in capsys.readouterr().out
+
+
+def test_bench_validates_before_writing(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    for bad in (["--methods", "ar,nonsense"], ["--limit", "0"], ["--limit", "-1"]):
+        assert main(_one_prompt_args(tiny_model_dir, tmp_path, *bad)) == 2
+        assert not out.exists()
+    missing = ["bench", "--dataset", "jsonl", "--data-path", str(tmp_path / "none.jsonl"), "--out", str(out)]
+    assert main(missing) == 2 and not out.exists()
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 4 and all(line.startswith("specdiff: error:") for line in errors)
+    assert "unknown method 'nonsense'" in errors[0] and "limit" in errors[1] and "none.jsonl" in errors[3]
+
+
+def test_bench_resumes_after_a_torn_last_record(tiny_model_dir, tmp_path, capsys):
+    args = _one_prompt_args(tiny_model_dir, tmp_path, "--max-new-tokens", "4")
+    assert main(args) == 0
+    path = tmp_path / "bench" / "records.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30])  # killed while writing the last record
+    assert main(args) == 0
+    assert "dropping the last line" in capsys.readouterr().err
+    assert len(path.read_text().splitlines()) == 4
+    path.write_text(lines[0] + "\n{broken\n" + "\n".join(lines[1:]) + "\n")  # corrupt in the middle
+    assert main(args) == 2
+    assert f"{path}:2: corrupt record" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"id": "a"}], "prompts.jsonl:1: the row has no 'prompt' field"),
+    ([{"prompt": "x"}, ["not", "an", "object"]], "prompts.jsonl:2: each line must be a JSON object"),
+    ([{"prompt": "x"}, "{bad json"], "prompts.jsonl:2: not valid JSON"),
+])
+def test_bad_prompt_rows_are_named_by_file_and_line(tmp_path, rows, message):
+    from specdiff.bench.datasets import load_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    with pytest.raises(ValueError, match=message):
+        load_prompts("jsonl", str(path))
+
+
+def test_spec_bench_row_without_category_is_named(tmp_path):
+    from specdiff.bench.datasets import load_prompts
+
+    path = tmp_path / "question.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "turns": ["hi"]}) + "\n")
+    with pytest.raises(ValueError, match="question.jsonl:1: the row has no 'category' field"):
+        load_prompts("spec-bench", str(path))

@@ -98,3 +98,43 @@ def test_two_process_ddp_training(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "final" / "deltas.safetensors").is_file()
     assert len((out / "train.log").read_text().splitlines()) == 4
+
+
+class RunsCode:
+    """Unpickling this calls ``touch``: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    assert train(tiny_run, out, stop_after=2) is None
+    marker = tmp_path / "pwned"
+    torch.save({"step": 2, "payload": RunsCode(marker)}, out / "checkpoint-000002" / "trainer.pt")
+    with pytest.raises(ValueError, match="refusing to load .*trainer.pt"):
+        train(tiny_run, out)
+    assert not marker.exists()
+
+
+def test_resume_with_other_model_flags_is_refused_before_anything_is_written(tiny_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(tiny_run, out, stop_after=2) is None
+    saved = (out / "config.json").read_text()
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"--lora-rank \(4 there, 8 now\)"):
+        train(replace(tiny_run, lora_rank=8), out)
+    assert (out / "config.json").read_text() == saved
+    assert train(replace(tiny_run, align_steps=4), out, stop_after=1) is None  # more steps is fine
+
+
+def test_run_folder_that_is_a_file_is_refused(tiny_run, tmp_path):
+    from specdiff.cli import main
+
+    target = tmp_path / "file"
+    target.write_text("")
+    assert main(["calibrate", "train", "--out", str(target), "--base", tiny_run.base]) == 2

@@ -1,6 +1,7 @@
 """Named models from PyPI packages: the small one end to end in the default suite."""
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -58,3 +59,65 @@ def test_smollm2_end_to_end(cache, monkeypatch):
     divergence = explain_divergence(model, prompt_ids, reference.tokens, result.tokens)
     assert divergence is None, f"diverged: {divergence}"
     assert result.verifier_calls < reference.verifier_calls
+
+
+def test_cache_that_is_not_a_folder_is_named(tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("SPECDIFF_CACHE", str(not_a_folder))
+    with pytest.raises(ModelUnavailableError, match="cannot write the model cache .*set SPECDIFF_CACHE to a writable"):
+        prepare(SMOL.name, parts=[tmp_path / "unused.gguf"])
+
+
+def test_unwritable_cache_is_named(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setenv("SPECDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(ModelUnavailableError, match=r"cannot write the model cache .*\(Permission denied\)"):
+        prepare(SMOL.name, parts=[tmp_path / "unused.gguf"])
+
+
+@needs_smol
+def test_preparation_removes_what_a_killed_one_left(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("SPECDIFF_CACHE", str(tmp_path))
+    models = tmp_path / "models"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    left = [models / f".{SMOL.name}.{dead.pid}.abc", models / f".{SMOL.name}.old"]
+    alive = models / f".{SMOL.name}.{os.getpid()}.live"
+    other = models / f".qwen2.5-coder-0.5b-instruct.{dead.pid}.xyz"
+    for folder in (*left, alive, other):
+        folder.mkdir(parents=True)
+        (folder / "half-written").write_bytes(b"0" * 1000)
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"not a model")
+    with pytest.raises(ModelUnavailableError):  # fails fast at the checksum, after cleaning up
+        prepare(SMOL.name, parts=[corrupt])
+    assert not any(folder.exists() for folder in left)
+    assert alive.exists() and other.exists()
+    assert sorted(p.name for p in models.iterdir()) == sorted([alive.name, other.name])
+
+
+@needs_smol
+def test_damaged_prepared_model_names_the_rebuild_command(cache, monkeypatch):
+    import shutil
+
+    from specdiff.models.prepare import prepared_dir
+
+    monkeypatch.setenv("SPECDIFF_CACHE", str(cache))
+    prepare(SMOL.name)
+    weights = prepared_dir(SMOL) / "model.safetensors"
+    backup = weights.with_suffix(".bak")
+    shutil.copy(weights, backup)
+    try:
+        weights.write_bytes(weights.read_bytes()[:4096])
+        with pytest.raises(ModelUnavailableError, match=f"specdiff models prepare {SMOL.name} --force"):
+            load_causal_lm(SMOL.name)
+    finally:
+        os.replace(backup, weights)

@@ -20,21 +20,51 @@ class BenchPrompt:
     turns: tuple[str, ...]  # user turns; benchmarks use the first unless asked for all
 
 
-def _read_jsonl(path: str | Path) -> list[dict]:
+def _read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
+    """(where, row) per non-blank line; ``where`` is "file:line" for error messages."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
+    rows = []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+            rows.append((where, row))
+    return rows
+
+
+def _text_field(where: str, row: dict, key: str) -> str:
+    if key not in row:
+        raise ValueError(f"{where}: the row has no {key!r} field (fields: {', '.join(row) or 'none'})")
+    if not isinstance(row[key], str):
+        raise ValueError(f"{where}: {key!r} must be a string, got {type(row[key]).__name__}")
+    return row[key]
+
+
+def _turns_field(where: str, row: dict) -> tuple[str, ...]:
+    turns = row.get("turns")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+        raise ValueError(f"{where}: 'turns' must be a non-empty list of strings")
+    return tuple(turns)
 
 
 def spec_bench(path: str | Path) -> list[BenchPrompt]:
     """Spec-Bench question.jsonl: 480 prompts; MT-Bench's 8 categories count as one group."""
     prompts = []
-    for row in _read_jsonl(path):
-        category = row["category"]
+    for where, row in _read_jsonl(path):
+        category = _text_field(where, row, "category")
+        if "question_id" not in row:
+            raise ValueError(f"{where}: the row has no 'question_id' field")
         group = category if category in ("translation", "summarization", "qa", "math_reasoning", "rag") else "mt_bench"
-        prompts.append(BenchPrompt(f"spec-bench-{row['question_id']}", group, tuple(row["turns"])))
+        prompts.append(BenchPrompt(f"spec-bench-{row['question_id']}", group, _turns_field(where, row)))
     return prompts
 
 
@@ -48,15 +78,16 @@ def humaneval() -> list[BenchPrompt]:
 
 
 def gsm8k(path: str | Path) -> list[BenchPrompt]:
-    return [BenchPrompt(f"gsm8k-{i}", "gsm8k", (row["question"],)) for i, row in enumerate(_read_jsonl(path))]
+    return [BenchPrompt(f"gsm8k-{i}", "gsm8k", (_text_field(where, row, "question"),))
+            for i, (where, row) in enumerate(_read_jsonl(path))]
 
 
 def jsonl_prompts(path: str | Path) -> list[BenchPrompt]:
     """Rows with "prompt" (or "turns"), optional "id" and "category"."""
     prompts = []
-    for i, row in enumerate(_read_jsonl(path)):
-        turns = tuple(row["turns"]) if "turns" in row else (row["prompt"],)
-        prompts.append(BenchPrompt(str(row.get("id", i)), row.get("category", "prompts"), turns))
+    for i, (where, row) in enumerate(_read_jsonl(path)):
+        turns = _turns_field(where, row) if "turns" in row else (_text_field(where, row, "prompt"),)
+        prompts.append(BenchPrompt(str(row.get("id", i)), str(row.get("category", "prompts")), turns))
     return prompts
 
 
@@ -68,6 +99,8 @@ def load_prompts(dataset: str, path: str | None = None, categories: list[str] | 
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     if dataset != "humaneval" and not path:
         raise ValueError(f"dataset {dataset!r} needs --data-path")
+    if limit_per_category is not None and limit_per_category < 1:
+        raise ValueError(f"limit (prompts per category) must be >= 1, got {limit_per_category}")
     prompts = {"spec-bench": spec_bench, "gsm8k": gsm8k, "jsonl": jsonl_prompts}.get(dataset)
     prompts = humaneval() if dataset == "humaneval" else prompts(path)
     if categories:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -97,11 +98,29 @@ class MethodSettings:
     specdiff_drafter: str = "specdiff-qwen2.5-coder-1.5b-adapted"  # adapted, not aligned
     specdiff2_drafter: str = "specdiff-qwen2.5-coder-1.5b"
 
+    def __post_init__(self) -> None:
+        for flag, value in (("--temperature", self.temperature), ("--draft-temperature", self.draft_temperature)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{flag} must be a finite number >= 0 (0 = greedy), got {value}")
+
+
+SWEEP_METHOD = re.compile(r"specdiff2-k(\d+)(?:-g(\d+))?")
+
+
+def check_method_names(names: list[str]) -> None:
+    if not names:
+        raise ValueError(f"no method given; known: {', '.join(METHODS)}")
+    for name in names:
+        if name not in METHODS and not SWEEP_METHOD.fullmatch(name):
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, specdiff2-kN, specdiff2-kN-gG")
+
 
 def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) -> tuple[list, dict[str, str]]:
     """The requested methods that can run here, and a reason for each that cannot."""
     from specdiff.drafters import AutoregressiveDrafter
     from specdiff.models.drafter_loading import load_drafter
+
+    check_method_names(names)
     from specdiff.models.loading import check_same_tokenizer, eos_token_ids, load_causal_lm
 
     eos = eos_token_ids(model, tokenizer)
@@ -116,9 +135,7 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
     assistant = None
     drafters: dict = {}  # one network per drafter spec, shared by the methods that use it
     for name in names:
-        k_suffix = re.fullmatch(r"specdiff2-k(\d+)(?:-g(\d+))?", name)  # specdiff2 with explicit K (and gamma)
-        if name not in METHODS and not k_suffix:
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, specdiff2-kN, specdiff2-kN-gG")
+        k_suffix = SWEEP_METHOD.fullmatch(name)  # specdiff2 with explicit K (and gamma)
         try:
             if name in ("hf-assisted", "sd-ar") and assistant is None:
                 assistant, assistant_tokenizer = load_causal_lm(settings.assistant)

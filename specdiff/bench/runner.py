@@ -8,6 +8,7 @@ completes; a rerun skips records already written.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from specdiff.bench.datasets import load_prompts
-from specdiff.bench.methods import METHODS, MethodSettings, build_methods
+from specdiff.bench.methods import METHODS, MethodSettings, build_methods, check_method_names
 from specdiff.models.loading import encode_conversation
 
 PRESETS = {
@@ -37,30 +38,81 @@ class BenchConfig:
     settings: MethodSettings = field(default_factory=MethodSettings)
 
 
+# Settings that change what a record holds; the others (limit, categories, methods) only
+# choose which records a run makes, so a rerun may change them.
+SELECTION_FIELDS = ("limit", "categories", "methods")
+
+
 def read_records(path: Path) -> list[dict]:
+    """Records of an earlier run. A last line cut short by a kill is dropped (with a
+    warning, and removed from the file so that appending goes on cleanly); a corrupt line
+    anywhere else is an error naming file and line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number < len(lines):
+                raise ValueError(f"{path}:{number}: corrupt record ({error.msg}); remove that line or use another --out") from None
+            print(f"warning: dropping the last line of {path}: cut short by an interrupted run", file=sys.stderr)
+            lines = lines[:-1]
+    _rewrite_lines(path, lines)
+    return records
+
+
+def _rewrite_lines(path: Path, lines: list[str]) -> None:
+    text = "".join(line + "\n" for line in lines)
+    if path.read_text() != text:
+        partial = path.with_suffix(".partial")
+        partial.write_text(text)
+        os.replace(partial, path)
+
+
+def check_same_settings(config: BenchConfig, config_path: Path) -> None:
+    """Refuse to reuse records made under other settings (a rerun would mix them)."""
+    if not config_path.is_file():
+        return
+    saved = json.loads(config_path.read_text())
+    saved = {**saved, **{f"settings.{k}": v for k, v in saved.pop("settings", {}).items()}}
+    current = asdict(config)
+    current = {**current, **{f"settings.{k}": v for k, v in current.pop("settings").items()}}
+    differing = [f"{key} ({saved.get(key)!r} there, {value!r} now)" for key, value in current.items()
+                 if key not in SELECTION_FIELDS and saved.get(key) != value]
+    if differing:
+        raise ValueError(f"{config_path.parent} holds records made with other settings: {'; '.join(differing)}. "
+                         "Use another --out, or the same settings to resume")
 
 
 def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dict[str, str], object, dict]:
-    """Run what is missing; return (records, unavailable methods, verifier model,
-    {question id: prompt token ids})."""
+    """Run what is missing; return (this run's records, unavailable methods, verifier model,
+    {question id: prompt token ids}). Inputs are checked before anything is written."""
     from specdiff.models.loading import load_causal_lm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    names = [m for m in config.methods.split(",") if m]
+    check_method_names(names)
     categories = [c for c in config.categories.split(",") if c] or None
     prompts = load_prompts(config.dataset, config.data_path or None, categories, config.limit)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    records_path = out / "records.jsonl"
+    if records_path.is_file():
+        check_same_settings(config, out / "config.json")
+    previous = read_records(records_path)
     model, tokenizer = load_causal_lm(config.verifier)
-    names = [m for m in config.methods.split(",") if m]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     methods, unavailable = build_methods(names, model, tokenizer, config.settings)
     for name, reason in unavailable.items():
         print(f"method {name} unavailable: {reason}", file=sys.stderr)
 
     records_path = out / "records.jsonl"
-    records = {(r["method"], r["question_id"]): r for r in read_records(records_path)}
+    records = {(r["method"], r["question_id"]): r for r in previous}
     turns_total = sum(len(p.turns) if config.all_turns else 1 for p in prompts)
     encoded: dict[str, object] = {}
     warmed = False
@@ -91,7 +143,9 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dic
                 if config.all_turns and turn + 1 < len(prompt.turns):
                     answers.append(tokenizer.decode(_history_answer(records, methods, question_id, prompt_ids,
                                                                     model, tokenizer, config), skip_special_tokens=True))
-    return list(records.values()), unavailable, model, encoded
+    ran = {method.name for method in methods}
+    this_run = [r for key, r in records.items() if key[0] in ran and key[1] in encoded]
+    return this_run, unavailable, model, encoded
 
 
 def _history_answer(records, methods, question_id, prompt_ids, model, tokenizer, config) -> list[int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -104,6 +105,37 @@ def save_checkpoint(out: Path, cfg: TrainConfig, network, optimizer, scheduler, 
         shutil.rmtree(old)
 
 
+# Settings a resumed run may change: more alignment steps, another checkpoint interval.
+# Every other setting shapes the model or the data stream, so it must match the run's.
+RESUMABLE_CHANGES = ("align_steps", "checkpoint_every")
+
+
+def check_run_folder(cfg: TrainConfig, out: Path) -> None:
+    """Refuse a run folder that is a file, or that holds a run made with other settings."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run folder")
+    saved_path = out / "config.json"
+    if latest_checkpoint(out) is None or not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    differing = [f"--{key.replace('_', '-')} ({saved.get(key)!r} there, {value!r} now)"
+                 for key, value in asdict(cfg).items() if key not in RESUMABLE_CHANGES and saved.get(key) != value]
+    if differing:
+        raise ValueError(f"{out} holds a run with other settings: {'; '.join(differing)}. "
+                         "Resume with the run's settings or use another --out")
+
+
+def load_trainer_state(path: Path) -> dict:
+    """Optimizer, scheduler and step of a checkpoint. Only tensors and plain containers
+    load (``weights_only``): a pickle that would run code is refused."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ValueError(f"refusing to load {path}: it holds more than tensors and plain data ({first_line}); "
+                         "delete that checkpoint folder to resume from an earlier one") from None
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     complete = [p for p in sorted(out.glob("checkpoint-*")) if (p / "trainer.pt").is_file()]
     return complete[-1] if complete else None
@@ -143,6 +175,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
     if world > 1 and "OMP_NUM_THREADS" not in os.environ:  # share the cores between processes
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     out = Path(out_dir)
+    check_run_folder(cfg, out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -158,7 +191,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
     resume = latest_checkpoint(out)
     if resume is not None:
         load_deltas(network, load_file(str(resume / DRAFTER_DELTAS)), None)
-        state = torch.load(resume / "trainer.pt", weights_only=False)
+        state = load_trainer_state(resume / "trainer.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from specdiff.drafters import AutoregressiveDrafter, DiffusionDrafter
-from specdiff.models.drafter_files import DRAFTER_CONFIG, load_diffusion_lm, shipped_drafter_dir
+from specdiff.models.drafter_files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, load_diffusion_lm, shipped_drafter_dir
 from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
-from specdiff.models.loading import load_causal_lm
+from specdiff.models.loading import load_causal_lm, resolve_model_folder
 
 DRAFTER_KINDS = ("auto", "ar", "diffusion")
 
@@ -20,6 +20,12 @@ def diffusion_folder(spec: str) -> Path | None:
         return shipped
     folder = Path(spec)
     return folder if (folder / DRAFTER_CONFIG).is_file() else None
+
+
+def check_drafter_spec(spec: str) -> None:
+    """Fail at once (before any model loads) when ``spec`` names no drafter that can be found."""
+    if diffusion_folder(spec) is None:
+        resolve_model_folder(spec, other_names=(*SHIPPED_DRAFTERS, "none"))
 
 
 def load_drafter(spec: str, kind: str = "auto", num_layers: int | None = None, steps: int = 1,
@@ -35,7 +41,7 @@ def load_drafter(spec: str, kind: str = "auto", num_layers: int | None = None, s
     if folder is not None and kind in ("auto", "diffusion"):
         network, tokenizer = load_diffusion_lm(folder, dtype)
         return DiffusionDrafter(network, steps=steps), tokenizer
-    model, tokenizer = load_causal_lm(spec, dtype)
+    model, tokenizer = load_causal_lm(spec, dtype, other_names=(*SHIPPED_DRAFTERS, "none"))
     if kind == "diffusion":
         return DiffusionDrafter(diffusion_lm_from_causal_lm(model, num_layers), steps=steps), tokenizer
     return AutoregressiveDrafter(model), tokenizer

@@ -2,38 +2,76 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 
-from specdiff.models.prepare import ModelUnavailableError, is_prepared, prepare
+from specdiff.models.prepare import ModelUnavailableError, is_prepared, prepare, prepared_dir
 from specdiff.models.registry import PACKAGED_MODELS
 from specdiff.models.small_batch_linear import use_small_batch_linear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_model_folder(spec: str) -> str:
-    """A folder or Hub id transformers can load: packaged models are prepared on first use."""
+def resolve_model_folder(spec: str, other_names: tuple[str, ...] = ()) -> str:
+    """A folder or Hub id transformers can load: packaged models are prepared on first use.
+    A spec that is none of these fails at once when the Hub cannot be reached (transformers
+    would retry for most of a minute); ``other_names`` are listed beside the named models."""
     if spec in PACKAGED_MODELS:
         if not is_prepared(PACKAGED_MODELS[spec]):
             print(f"preparing {spec} once (specdiff models prepare {spec}) ...", file=sys.stderr)
         return str(prepare(spec))
+    if Path(spec).expanduser().exists() or _in_hub_cache(spec):
+        return spec
+    known = ", ".join((*PACKAGED_MODELS, *other_names))
+    if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
+        raise ModelUnavailableError(f"no such folder: {spec} (named models: {known})")
+    if not hub_reachable():
+        raise ModelUnavailableError(
+            f"{spec!r} is not a named model, not a local folder, and the Hugging Face Hub cannot be reached "
+            f"to look it up; named models: {known}"
+        )
     return spec
 
 
-def load_tokenizer(spec: str):
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's endpoint opens (False when HF_HUB_OFFLINE is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_tokenizer(spec: str, other_names: tuple[str, ...] = ()):
     from transformers import AutoTokenizer
 
-    folder = resolve_model_folder(spec)
+    folder = resolve_model_folder(spec, other_names)
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise ModelUnavailableError(_not_loadable(spec, error)) from None
 
 
-def load_causal_lm(spec: str, dtype: str = "float32"):
+def load_causal_lm(spec: str, dtype: str = "float32", other_names: tuple[str, ...] = ()):
     """(model, tokenizer) for a named model, a local folder or a Hub id. fp32 by default:
     on AVX2 CPUs bf16 is emulated and makes multi-token verification about 3x slower.
     Linear layers are swapped for :class:`SmallBatchLinear` (faster 2-64 row passes on CPU)."""
@@ -41,17 +79,20 @@ def load_causal_lm(spec: str, dtype: str = "float32"):
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    folder = resolve_model_folder(spec)
-    tokenizer = load_tokenizer(spec)
+    folder = resolve_model_folder(spec, other_names)
+    tokenizer = load_tokenizer(spec, other_names)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="sdpa")
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ModelUnavailableError(_not_loadable(spec, error)) from None
     return use_small_batch_linear(model).eval(), tokenizer
 
 
 def _not_loadable(spec: str, error: Exception) -> str:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if spec in PACKAGED_MODELS:
+        return (f"the prepared copy of {spec} in {prepared_dir(PACKAGED_MODELS[spec])} is damaged ({first_line}): "
+                f"rebuild it with `specdiff models prepare {spec} --force`")
     if Path(spec).exists():
         return f"cannot load model from {spec}: {first_line} (is the folder complete and uncorrupted?)"
     return (
@@ -81,8 +122,8 @@ def encode_conversation(tokenizer, user_turns: list[str], answers: list[str], ch
     """[1, length] token ids of alternating user turns and assistant ``answers`` (one fewer
     answer than turns), ending with the assistant's turn opened. Without a chat template
     (or ``chat=False``) the turns are joined as plain text."""
-    if not user_turns or not all(user_turns):
-        raise ValueError("the prompt is empty: give some text")
+    if not user_turns or not all(turn.strip() for turn in user_turns):
+        raise ValueError("the prompt is empty (or only whitespace): give some text")
     if chat and tokenizer.chat_template:
         messages = []
         for index, turn in enumerate(user_turns):

@@ -107,29 +107,59 @@ def convert_gguf(gguf_path: Path, destination: Path) -> None:
     tokenizer.save_pretrained(destination)
 
 
-def prepare(name: str, parts: list[Path] | None = None) -> Path:
-    """Prepare the named model (idempotent) and return its cache folder."""
+def prepare(name: str, parts: list[Path] | None = None, force: bool = False) -> Path:
+    """Prepare the named model (idempotent; ``force`` rebuilds it) and return its cache folder."""
     if name not in PACKAGED_MODELS:
         raise ModelUnavailableError(f"unknown model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
     model = PACKAGED_MODELS[name]
     final = prepared_dir(model)
-    if is_prepared(model):
+    if is_prepared(model) and not force:
         return final
-    parts = parts if parts is not None else find_parts(model)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=final.parent) as work:
-        work = Path(work)
+    work = _claim_work_dir(final.parent, name)
+    try:
+        parts = parts if parts is not None else find_parts(model)
+        gguf_path = work / model.gguf_name
         if len(parts) == 1:  # verify in place, no copy needed
             assemble_and_verify(model, parts, None)
-            gguf_path = work / model.gguf_name
             os.symlink(parts[0], gguf_path)
         else:
-            gguf_path = work / model.gguf_name
             assemble_and_verify(model, parts, gguf_path)
         print(f"converting {name} to safetensors (about a minute for the 1.5B) ...", file=sys.stderr)
         convert_gguf(gguf_path, work / "model")
         gguf_path.unlink()
-        if final.exists():  # a stale, incomplete entry from an older layout
+        if final.exists():  # a damaged entry (--force) or one from an older layout
             shutil.rmtree(final)
         os.replace(work / "model", final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def _claim_work_dir(parent: Path, name: str) -> Path:
+    """A fresh temporary folder ``.<name>.<pid>.<random>`` beside the cache entries, after
+    removing this model's folders left by preparations that were killed (their process is
+    gone). Other models' folders and those of live processes are left alone."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in parent.glob(f".{name}.*"):
+            if stale.is_dir() and not _process_alive(stale.name[len(name) + 2:].split(".")[0]):
+                print(f"removing {stale} (left by an interrupted preparation)", file=sys.stderr)
+                shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", dir=parent))
+    except OSError as error:
+        raise ModelUnavailableError(
+            f"cannot write the model cache {parent} ({error.strerror or error}): "
+            "set SPECDIFF_CACHE to a writable folder"
+        ) from None
+
+
+def _process_alive(pid_text: str) -> bool:
+    if not pid_text.isdigit():
+        return False  # not named by this scheme: left by an older version
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
