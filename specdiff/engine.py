@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from specdiff.acceptance import greedy_accept, rejection_accept
-from specdiff.drafters.base import Drafter
+from specdiff.drafters.base import Accepted, Drafter
 from specdiff.sampling import SamplingConfig, logits_to_probs
 from specdiff.verifier import Verifier
 
@@ -125,31 +125,32 @@ def stream_generate(
     per call) through the same loop. Stops exactly at an EOS token or max_new_tokens."""
     check_inputs(prompt_ids, verifier, drafter, config)
     generator = torch.Generator().manual_seed(config.seed)
-    context = prompt_ids[0].tolist()
-    verifier.prefill(prompt_ids)
+    feature_layers = drafter.feature_layers if drafter is not None else ()
+    prompt_features = verifier.prefill(prompt_ids, feature_layers)
     if drafter is not None:
-        drafter.reset()
+        drafter.start(prompt_ids[0].tolist(), prompt_features)
+    last_token = int(prompt_ids[0, -1])
     produced = 0
     while produced < config.max_new_tokens:
         started = time.perf_counter()
         # Never draft past max_new_tokens: the verifier adds one token of its own.
         gamma = 0 if drafter is None else min(config.gamma, config.max_new_tokens - produced - 1)
         if gamma > 0:
-            draft = drafter.draft(torch.tensor([context]), gamma, config.drafting, config.num_drafts, generator,
+            draft = drafter.draft(gamma, config.drafting, config.num_drafts, generator,
                                   greedy_first=config.greedy_first_draft)
             draft_tokens, draft_probs = draft.tokens, draft.draft_probs
         else:
             draft_tokens, draft_probs = torch.zeros(1, 0, dtype=torch.long), None
         drafted = time.perf_counter()
 
-        roots = torch.full((draft_tokens.shape[0], 1), context[-1], dtype=torch.long)
-        target_logits = verifier.score(torch.cat([roots, draft_tokens], dim=1))  # [K, 1 + gamma, vocab]
+        roots = torch.full((draft_tokens.shape[0], 1), last_token, dtype=torch.long)
+        scored = verifier.score(torch.cat([roots, draft_tokens], dim=1), feature_layers)  # logits [K, 1 + gamma, vocab]
         if config.sampling.greedy:
-            acceptance = greedy_accept(draft_tokens, target_logits)
+            acceptance = greedy_accept(draft_tokens, scored.logits)
         else:
-            target_probs = logits_to_probs(target_logits, config.sampling)
+            target_probs = logits_to_probs(scored.logits, config.sampling)
             acceptance = rejection_accept(draft_tokens, draft_probs, target_probs, generator)
-        verifier.commit(acceptance.candidate, acceptance.num_accepted)
+        committed = verifier.commit(scored, acceptance.candidate, acceptance.num_accepted)
         verified = time.perf_counter()
 
         new_tokens = draft_tokens[acceptance.candidate, : acceptance.num_accepted].tolist() + [acceptance.next_token]
@@ -157,12 +158,14 @@ def stream_generate(
         eos_at = next((i for i, token in enumerate(new_tokens) if token in eos_token_ids), None)
         if eos_at is not None:
             new_tokens = new_tokens[: eos_at + 1]
-        context.extend(new_tokens)
         produced += len(new_tokens)
+        last_token = new_tokens[-1]
         yield StepRecord(gamma, acceptance.num_accepted, acceptance.candidate, new_tokens,
                          drafted - started, verified - drafted)
         if eos_at is not None:
             return
+        if drafter is not None and produced < config.max_new_tokens:
+            drafter.update(Accepted(new_tokens, acceptance.candidate, acceptance.num_accepted, committed.features))
 
 
 def generate(

@@ -3,11 +3,16 @@
 The prefix is prefilled once. Each step scores ``last committed token + draft`` for K
 candidate drafts in ONE forward pass over the KV cache: the K drafts are merged into a
 trie (shared prefixes are computed once) and attended with a tree mask; K = 1 is a plain
-causal chain. ``commit`` keeps only the chosen candidate's accepted tokens in the cache.
+causal chain. ``score`` returns a ``ScoredDrafts`` that ``commit`` consumes: it keeps
+only the chosen candidate's accepted tokens in the cache and returns them, with their
+hidden states at the requested layers when a drafter reads them (captured in the same
+pass, only those layers kept).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +57,32 @@ def build_trie(candidates: Tensor) -> DraftTrie:
     return DraftTrie(torch.tensor(tokens), torch.tensor(depths), ancestors, torch.tensor(node_of))
 
 
+@dataclass(frozen=True)
+class ScoredDrafts:
+    """One scoring pass, handed back to ``Verifier.commit``."""
+
+    trie: DraftTrie
+    past_length: int  # cached tokens before the pass
+    logits: Tensor  # [K, 1 + gamma, vocab] float32; position j predicts the token after column j
+    features: Tensor | None  # [num_nodes, len(layers) * hidden]: hidden states after the requested layers
+
+
+@dataclass(frozen=True)
+class CommittedTokens:
+    """The tokens a commit added to the verifier's cache: the scoring root and the accepted drafts."""
+
+    tokens: list[int]
+    features: Tensor | None  # [len(tokens), len(layers) * hidden]
+
+
+def decoder_layers(model) -> Sequence[torch.nn.Module]:
+    """The decoder layers of a Hugging Face causal LM (``model.model.layers``)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no model.layers: cannot read its hidden states")
+    return layers
+
+
 class Verifier:
     """Keeps the KV cache of every committed token except the last one, which is the
     root of the next scoring pass."""
@@ -59,26 +90,51 @@ class Verifier:
     def __init__(self, model):
         self.model = model.eval()
         self.vocab_size = model.config.vocab_size
+        self.num_layers = model.config.num_hidden_layers
+        self.hidden_size = model.config.hidden_size
         self.max_length = getattr(model.config, "max_position_embeddings", None)
         self._cache = DynamicCache(config=model.config)
-        self._trie: DraftTrie | None = None
 
     @property
     def cached_length(self) -> int:
         return self._cache.get_seq_length()
 
-    @torch.inference_mode()
-    def prefill(self, tokens: Tensor) -> None:
-        """tokens [1, length]: caches all but the last token."""
-        self._cache = DynamicCache(config=self.model.config)
-        self._trie = None
-        if tokens.shape[1] > 1:
-            self.model(input_ids=tokens[:, :-1], cache=self._cache, use_cache=True, logits_to_keep=1)
+    @contextmanager
+    def _capture(self, layer_ids: Sequence[int]) -> Iterator[list[Tensor]]:
+        """Collect the outputs of ``layer_ids`` during one forward pass: the list holds
+        [tokens, len(layer_ids) * hidden] once the pass is over (empty if no ids)."""
+        layers = decoder_layers(self.model)
+        outputs: dict[int, Tensor] = {}
+        handles = []
+        for layer_id in layer_ids:
+            if not 0 <= layer_id < len(layers):
+                raise ValueError(f"feature layer {layer_id} is outside the verifier's {len(layers)} layers")
+            handles.append(layers[layer_id].register_forward_hook(
+                lambda module, args, output, layer_id=layer_id: outputs.__setitem__(
+                    layer_id, output[0] if isinstance(output, tuple) else output)))
+        collected: list[Tensor] = []
+        try:
+            yield collected
+        finally:
+            for handle in handles:
+                handle.remove()
+        if layer_ids:
+            collected.append(torch.cat([outputs[i][0] for i in layer_ids], dim=-1).float())
 
     @torch.inference_mode()
-    def score(self, candidates: Tensor) -> Tensor:
-        """candidates [K, 1 + gamma] (column 0: the last committed token) -> logits
-        [K, 1 + gamma, vocab] float32; position j predicts the token after column j."""
+    def prefill(self, tokens: Tensor, feature_layers: Sequence[int] = ()) -> Tensor | None:
+        """tokens [1, length]: caches all but the last token. Returns their hidden states
+        after ``feature_layers`` ([length - 1, len(layers) * hidden]), or None without layers."""
+        self._cache = DynamicCache(config=self.model.config)
+        if tokens.shape[1] < 2:
+            return torch.zeros(0, len(feature_layers) * self.hidden_size) if feature_layers else None
+        with self._capture(feature_layers) as features:
+            self.model(input_ids=tokens[:, :-1], cache=self._cache, use_cache=True, logits_to_keep=1)
+        return features[0] if features else None
+
+    @torch.inference_mode()
+    def score(self, candidates: Tensor, feature_layers: Sequence[int] = ()) -> ScoredDrafts:
+        """candidates [K, 1 + gamma] (column 0: the last committed token) in one pass."""
         trie = build_trie(candidates)
         past = self.cached_length
         num_nodes = len(trie.tokens)
@@ -91,22 +147,25 @@ class Verifier:
             # preparation and is understood by both its sdpa and eager attention.
             dtype = self.model.dtype
             mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
-        logits = self.model(
-            input_ids=trie.tokens[None], position_ids=positions, attention_mask=mask, cache=self._cache, use_cache=True
-        ).logits[0].float()  # [num_nodes, vocab]
-        self._trie = trie
-        return logits[trie.node_of]
+        with self._capture(feature_layers) as features:
+            logits = self.model(
+                input_ids=trie.tokens[None], position_ids=positions, attention_mask=mask, cache=self._cache, use_cache=True
+            ).logits[0].float()  # [num_nodes, vocab]
+        return ScoredDrafts(trie, past, logits[trie.node_of], features[0] if features else None)
 
-    def commit(self, candidate: int, num_accepted: int) -> None:
+    def commit(self, scored: ScoredDrafts, candidate: int, num_accepted: int) -> CommittedTokens:
         """Keep the root and the first ``num_accepted`` draft tokens of ``candidate``."""
-        trie, self._trie = self._trie, None
+        trie, base = scored.trie, scored.past_length
         num_nodes = len(trie.tokens)
-        base = self.cached_length - num_nodes
+        if self.cached_length != base + num_nodes:
+            raise ValueError("commit() takes the result of the latest score() call, once")
         keep_nodes = trie.node_of[candidate, : 1 + num_accepted]
         if torch.equal(keep_nodes, torch.arange(1 + num_accepted)):
             self._cache.crop(-(num_nodes - 1 - num_accepted))
-            return
-        picked = base + keep_nodes  # the root and the chosen path, gathered behind the prefix
-        for layer in self._cache.layers:
-            layer.keys = torch.cat([layer.keys[:, :, :base], layer.keys[:, :, picked]], dim=2)
-            layer.values = torch.cat([layer.values[:, :, :base], layer.values[:, :, picked]], dim=2)
+        else:
+            picked = base + keep_nodes  # the root and the chosen path, gathered behind the prefix
+            for layer in self._cache.layers:
+                layer.keys = torch.cat([layer.keys[:, :, :base], layer.keys[:, :, picked]], dim=2)
+                layer.values = torch.cat([layer.values[:, :, :base], layer.values[:, :, picked]], dim=2)
+        features = scored.features[keep_nodes] if scored.features is not None else None
+        return CommittedTokens(trie.tokens[keep_nodes].tolist(), features)

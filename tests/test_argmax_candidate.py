@@ -36,30 +36,36 @@ def make(kind: str):
 @pytest.mark.parametrize("kind", ["diffusion-1-pass", "diffusion-3-passes", "ar"])
 def test_candidate_zero_is_the_single_greedy_draft(kind):
     drafter = make(kind)
-    prefix = torch.tensor([[4, 9, 2, 11]])
-    greedy = drafter.draft(prefix, 6, SamplingConfig())
-    drafter.reset()
-    drafts = drafter.draft(prefix, 6, HOT, num_drafts=8, generator=torch.Generator().manual_seed(0), greedy_first=True)
+    prefix = [4, 9, 2, 11]
+    drafter.start(prefix)
+    greedy = drafter.draft(6, SamplingConfig())
+    drafter.start(prefix)
+    drafts = drafter.draft(6, HOT, num_drafts=8, generator=torch.Generator().manual_seed(0), greedy_first=True)
     assert torch.equal(drafts.tokens[0], greedy.tokens[0])
     assert torch.equal(drafts.draft_probs[0], greedy.draft_probs[0])  # one-hot: what row 0 was drawn from
     assert any(not torch.equal(row, greedy.tokens[0]) for row in drafts.tokens[1:])  # the others are sampled
-    drafter.reset()
-    plain = drafter.draft(prefix, 6, HOT, num_drafts=8, generator=torch.Generator().manual_seed(0))
+    drafter.start(prefix)
+    plain = drafter.draft(6, HOT, num_drafts=8, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(plain.tokens[0], greedy.tokens[0])  # control: without the flag row 0 is a sample
 
 
 class FlagSpy:
     """Wraps a drafter and records the greedy_first flag of every call."""
 
+    feature_layers = ()
+
     def __init__(self, drafter):
         self.drafter, self.vocab_size, self.flags = drafter, drafter.vocab_size, []
 
-    def reset(self):
-        self.drafter.reset()
+    def start(self, prompt, features=None):
+        self.drafter.start(prompt, features)
 
-    def draft(self, prefix, gamma, sampling, num_drafts=1, generator=None, greedy_first=False):
+    def update(self, accepted):
+        self.drafter.update(accepted)
+
+    def draft(self, gamma, sampling, num_drafts=1, generator=None, greedy_first=False):
         self.flags.append(greedy_first)
-        return self.drafter.draft(prefix, gamma, sampling, num_drafts, generator, greedy_first)
+        return self.drafter.draft(gamma, sampling, num_drafts, generator, greedy_first)
 
 
 @pytest.mark.parametrize("verifier_temperature, num_drafts, argmax_candidate, expected", [

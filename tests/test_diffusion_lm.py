@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_causal_lm
+from specdiff.drafters.base import Accepted
 from specdiff.drafters.diffusion import DiffusionDrafter, block_attention_mask, chunk_bounds
 from specdiff.models.diffusion_lm import DiffusionLM, DiffusionLMConfig
 from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
@@ -54,9 +55,13 @@ def test_cached_drafting_equals_uncached():
     network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
     greedy = SamplingConfig()
     cached = DiffusionDrafter(network)
-    cached.draft(torch.tensor([[1, 2, 3]]), 4, greedy)
-    step_two = cached.draft(torch.tensor([[1, 2, 3, 7, 8]]), 4, greedy)
-    fresh = DiffusionDrafter(network).draft(torch.tensor([[1, 2, 3, 7, 8]]), 4, greedy)
+    cached.start([1, 2, 3])
+    cached.draft(4, greedy)
+    cached.update(Accepted([7, 8], candidate=0, num_accepted=1))
+    step_two = cached.draft(4, greedy)
+    fresh = DiffusionDrafter(network)
+    fresh.start([1, 2, 3, 7, 8])
+    fresh = fresh.draft(4, greedy)
     assert torch.equal(step_two.tokens, fresh.tokens)
     assert torch.allclose(step_two.draft_probs, fresh.draft_probs)
 
@@ -66,14 +71,15 @@ def test_first_slot_of_whole_stack_drafter_is_base_models_next_token():
     base = tiny_causal_lm("qwen2", seed=5)
     drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(base))
     prefix = torch.tensor([[4, 9, 2, 11]])
-    draft = drafter.draft(prefix, 3, SamplingConfig())
+    drafter.start(prefix[0].tolist())
+    draft = drafter.draft(3, SamplingConfig())
     assert int(draft.tokens[0, 0]) == int(base(prefix).logits[0, -1].argmax())
 
 
 def test_one_pass_drafts_share_marginals_and_differ_in_tokens():
     drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5)))
-    draft = drafter.draft(torch.tensor([[1, 2]]), 6, SamplingConfig(temperature=2.0), num_drafts=8,
-                          generator=torch.Generator().manual_seed(0))
+    drafter.start([1, 2])
+    draft = drafter.draft(6, SamplingConfig(temperature=2.0), num_drafts=8, generator=torch.Generator().manual_seed(0))
     assert draft.tokens.shape == (8, 6) and draft.draft_probs.shape == (8, 6, 32)
     assert torch.equal(draft.draft_probs[0], draft.draft_probs[7])
     assert len({tuple(row) for row in draft.tokens.tolist()}) > 1

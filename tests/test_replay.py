@@ -2,7 +2,7 @@ import torch
 
 from conftest import tiny_causal_lm
 from specdiff import DecodingConfig, DiffusionDrafter, Verifier, autoregressive_generate, speculative_generate
-from specdiff.calibrate.evaluate import ReplayStats, replay
+from specdiff.calibrate.evaluate import ReplayStats, TrajectoryVerifier, replay
 from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
 
 
@@ -14,7 +14,7 @@ def test_replay_matches_the_real_speculative_run():
     trajectory = autoregressive_generate(torch.tensor([prompt]), verifier, config).tokens
     real = speculative_generate(torch.tensor([prompt]), drafter, verifier, config)
     stats = ReplayStats(gamma=4)
-    replay(drafter, prompt, trajectory, 4, stats)
+    replay(drafter, TrajectoryVerifier(prompt, trajectory, 32), 4, stats)
     assert stats.steps == real.verifier_calls
     assert stats.tau == real.tau
     real_accepted = [sum(step.accepted > j for step in real.steps if step.drafted > j) for j in range(4)]

@@ -101,11 +101,15 @@ class RightToLeftDrafter:
     depends on a token to its RIGHT: the order the library refuses to offer."""
 
     vocab_size = 3
+    feature_layers = ()
 
-    def reset(self):
+    def start(self, prompt, features=None):
         pass
 
-    def draft(self, prefix, gamma, sampling, num_drafts=1, generator=None, greedy_first=False):
+    def update(self, accepted):
+        pass
+
+    def draft(self, gamma, sampling, num_drafts=1, generator=None, greedy_first=False):
         uniform = torch.full((self.vocab_size,), 1 / self.vocab_size)
         probs = torch.zeros(gamma, self.vocab_size)
         tokens = torch.zeros(gamma, dtype=torch.long)

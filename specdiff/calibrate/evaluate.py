@@ -1,9 +1,9 @@
 """Greedy acceptance of drafters along the verifier's own greedy trajectories.
 
 Under greedy decoding speculative output IS the verifier's greedy trajectory, so a
-drafter's steps can be replayed against a trajectory computed once: at each step the
-drafter drafts from the trajectory prefix, ``greedy_accept`` compares with the
-trajectory, and the next step starts after the accepted tokens plus the verifier's own.
+drafter's steps can be replayed against a trajectory computed once: the engine's own loop
+runs with a ``TrajectoryVerifier`` that scores every draft against the trajectory instead
+of running the verifier.
 This gives tau and per-position acceptance for many drafters (and K) at the cost of
 drafting alone; wall-clock speed-ups come from `specdiff bench`, which runs the real loop.
 (The replay assumes the multi-token verification pass picks the same argmax as the
@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from specdiff.acceptance import greedy_accept
 from specdiff.drafters.base import Drafter
-from specdiff.engine import DecodingConfig
+from specdiff.engine import DecodingConfig, stream_generate
 from specdiff.sampling import SamplingConfig
+from specdiff.verifier import CommittedTokens, ScoredDrafts, build_trie
 
 
 @dataclass
@@ -52,31 +53,67 @@ class ReplayStats:
                 "acceptance_by_position": self.acceptance_by_position}
 
 
-def replay(drafter: Drafter, prompt_ids: list[int], trajectory: list[int], gamma: int, stats: ReplayStats,
+class TrajectoryVerifier:
+    """Stands in for the verifier along a known greedy trajectory, behind the same
+    prefill / score / commit contract, so that replay runs the engine's own loop.
+
+    Its scores are the one-hot of the trajectory's tokens: every row is scored as if it
+    followed the trajectory, which is exact wherever greedy acceptance looks (up to a
+    row's first mismatch). Hidden states, for drafters that read them, come from one
+    teacher-forced pass of the real verifier over prompt + trajectory (``features``
+    [length - 1, F], position by position)."""
+
+    max_length = None
+
+    def __init__(self, prompt_ids: list[int], trajectory: list[int], vocab_size: int, features: Tensor | None = None):
+        self.sequence = prompt_ids + trajectory
+        self.prompt_length = len(prompt_ids)
+        self.vocab_size = vocab_size
+        self.features = features
+        self._cached = 0
+
+    def prefill(self, tokens: Tensor, feature_layers=()) -> Tensor | None:
+        self._cached = tokens.shape[1] - 1
+        return self._features(0, self._cached, feature_layers)
+
+    def _features(self, start: int, end: int, feature_layers) -> Tensor | None:
+        if not feature_layers:
+            return None
+        if self.features is None:
+            raise ValueError("this drafter reads the verifier's hidden states: replay needs the verifier's features")
+        return self.features[start:end]
+
+    def score(self, candidates: Tensor, feature_layers=()) -> ScoredDrafts:
+        num_drafts, width = candidates.shape
+        truth = torch.tensor(self.sequence[self._cached + 1: self._cached + 1 + width])  # [1 + gamma]
+        logits = torch.nn.functional.one_hot(truth, self.vocab_size).float().expand(num_drafts, -1, -1)
+        return ScoredDrafts(build_trie(candidates), self._cached, logits, None)
+
+    def commit(self, scored: ScoredDrafts, candidate: int, num_accepted: int) -> CommittedTokens:
+        start, self._cached = self._cached, self._cached + 1 + num_accepted
+        features = self.features[start:self._cached] if self.features is not None else None
+        return CommittedTokens(self.sequence[start:self._cached], features)
+
+
+def replay(drafter: Drafter, verifier: TrajectoryVerifier, gamma: int, stats: ReplayStats,
            num_drafts: int = 1, draft_sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> None:
-    """Replay greedy speculative decoding of ``trajectory`` with ``drafter``, adding to ``stats``."""
-    generator = torch.Generator().manual_seed(seed)
-    greedy_first = DecodingConfig(num_drafts=num_drafts, draft_sampling=draft_sampling).greedy_first_draft  # as the engine
-    drafter.reset()
-    position = 0
-    while position < len(trajectory):
-        step_gamma = min(gamma, len(trajectory) - position - 1)
-        context = torch.tensor([prompt_ids + trajectory[:position]])
-        truth = trajectory[position:position + step_gamma + 1]
-        if step_gamma > 0:
-            started = time.perf_counter()
-            draft = drafter.draft(context, step_gamma, draft_sampling, num_drafts, generator, greedy_first=greedy_first)
-            stats.draft_seconds += time.perf_counter() - started
-            target_logits = torch.nn.functional.one_hot(torch.tensor(truth), drafter.vocab_size).float()
-            accepted = greedy_accept(draft.tokens, target_logits.expand(draft.tokens.shape[0], -1, -1)).num_accepted
-            for slot in range(step_gamma):
-                stats.reached[slot] += 1
-                stats.accepted[slot] += slot < accepted
-        else:
-            accepted = 0
+    """Greedy speculative decoding of ``verifier``'s trajectory with ``drafter``, through
+    the engine's loop; adds every step's drafted and accepted slots to ``stats``."""
+    prompt = torch.tensor([verifier.sequence[: verifier.prompt_length]])
+    length = len(verifier.sequence) - verifier.prompt_length
+    config = DecodingConfig(gamma=gamma, num_drafts=num_drafts, max_new_tokens=length, draft_sampling=draft_sampling,
+                            seed=seed)
+    produced = []
+    for step in stream_generate(prompt, verifier, drafter, config):
+        for slot in range(step.drafted):
+            stats.reached[slot] += 1
+            stats.accepted[slot] += slot < step.accepted
         stats.steps += 1
-        stats.tokens += accepted + 1
-        position += accepted + 1
+        stats.tokens += len(step.new_tokens)
+        stats.draft_seconds += step.draft_seconds
+        produced.extend(step.new_tokens)
+    if produced != verifier.sequence[verifier.prompt_length:]:
+        raise RuntimeError("replay left the trajectory: the trajectory verifier is inconsistent")
 
 
 def load_trajectories(path: Path) -> dict[str, dict]:
@@ -112,9 +149,20 @@ def verifier_trajectories(prompts, verifier_spec: str, max_new_tokens: int, out:
 
 
 def replay_eval(drafter, trajectories: dict[str, dict], gamma: int, num_drafts: int = 1,
-                draft_temperature: float = 0.0, seed: int = 0) -> ReplayStats:
+                draft_temperature: float = 0.0, seed: int = 0, verifier_model=None) -> ReplayStats:
+    """Tau and acceptance by position of ``drafter`` over ``trajectories``. A drafter that
+    reads hidden states needs ``verifier_model`` (one teacher-forced pass per trajectory)."""
+    from specdiff.verifier import Verifier
+
     stats = ReplayStats(gamma)
     sampling = SamplingConfig(temperature=draft_temperature)
     for row in trajectories.values():
-        replay(drafter, row["prompt_ids"], row["trajectory"], gamma, stats, num_drafts, sampling, seed)
+        features = None
+        if drafter.feature_layers:
+            if verifier_model is None:
+                raise ValueError("this drafter reads the verifier's hidden states: pass the verifier model")
+            sequence = torch.tensor([row["prompt_ids"] + row["trajectory"]])
+            features = Verifier(verifier_model).prefill(sequence, drafter.feature_layers)
+        verifier = TrajectoryVerifier(row["prompt_ids"], row["trajectory"], drafter.vocab_size, features)
+        replay(drafter, verifier, gamma, stats, num_drafts, sampling, seed)
     return stats

@@ -8,22 +8,36 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from specdiff.drafters.base import Draft, common_prefix_length
+from specdiff.drafters.base import Accepted, Draft
 from specdiff.sampling import SamplingConfig, choose_tokens, make_first_candidate_greedy
 
 
 class AutoregressiveDrafter:
     """Drafts ``gamma`` tokens one forward pass at a time, reusing its KV cache across
-    steps (accepted draft tokens stay cached; rejected ones are cropped away)."""
+    steps: with K = 1 its draft tokens stay cached, and ``update`` cuts the cache back to
+    the committed tokens plus the accepted ones among them, by position."""
+
+    feature_layers: tuple[int, ...] = ()
 
     def __init__(self, model):
         self.model = model.eval()
         self.vocab_size = model.config.vocab_size
-        self.reset()
+        self.start([])
 
-    def reset(self) -> None:
-        self._cache = DynamicCache(config=self.model.config)
-        self._cached_tokens: list[int] = []
+    def start(self, prompt: list[int], features: Tensor | None = None) -> None:
+        self._tokens = list(prompt)  # committed
+        self._cache = DynamicCache(config=self.model.config)  # committed tokens, then own draft tokens
+        self._cached_drafts = 0  # draft tokens (of candidate 0) behind the committed ones in the cache
+
+    def update(self, accepted: Accepted) -> None:
+        valid_drafts = min(accepted.num_accepted, self._cached_drafts) if accepted.candidate == 0 else 0
+        self._crop(self._cached_drafts - valid_drafts)
+        self._cached_drafts = 0
+        self._tokens.extend(accepted.tokens)
+
+    def _crop(self, remove: int) -> None:
+        if remove > 0:
+            self._cache.crop(-remove)
 
     def _forward(self, input_ids: Tensor, cache: DynamicCache) -> Tensor:
         """input_ids [B, T] -> logits of the last position [B, vocab] (float32)."""
@@ -32,18 +46,18 @@ class AutoregressiveDrafter:
     @torch.inference_mode()
     def draft(
         self,
-        prefix: Tensor,
         gamma: int,
         sampling: SamplingConfig,
         num_drafts: int = 1,
         generator: torch.Generator | None = None,
         greedy_first: bool = False,
     ) -> Draft:
-        tokens = prefix[0].tolist()
-        keep = min(common_prefix_length(self._cached_tokens, tokens), len(tokens) - 1)
-        self._cache.crop(keep - self._cache.get_seq_length())
-        logits = self._forward(prefix[:, keep:], self._cache)  # [1, vocab]
-        self._cached_tokens = tokens
+        # The last committed token's logits start the draft, so it must be run now; this
+        # also drops a draft that no update followed.
+        self._crop(self._cache.get_seq_length() - (len(self._tokens) - 1))
+        self._cached_drafts = 0
+        uncached = torch.tensor([self._tokens[self._cache.get_seq_length():]])
+        logits = self._forward(uncached, self._cache)  # [1, vocab]
 
         # K > 1 drafts continue from a private batch copy; the shared cache keeps the prefix.
         cache = self._cache
@@ -62,5 +76,5 @@ class AutoregressiveDrafter:
             if slot < gamma - 1:  # the last draft token needs no pass of its own
                 logits = self._forward(token, cache)
                 if num_drafts == 1:
-                    self._cached_tokens = self._cached_tokens + [int(token)]
+                    self._cached_drafts += 1
         return Draft(tokens=torch.stack(draft_tokens, 1), draft_probs=torch.stack(draft_probs, 1))

@@ -1,4 +1,4 @@
-"""What every drafter returns and promises."""
+"""What every drafter returns and promises, and what it is told after each step."""
 
 from __future__ import annotations
 
@@ -17,24 +17,46 @@ class Draft:
     draft_probs: Tensor  # [num_drafts, gamma, vocab]: the distributions the tokens were drawn from
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """What one verification step committed, as the drafter is told it.
+
+    ``tokens`` extend the sequence: the accepted draft tokens of ``candidate``, then the
+    verifier's own token. ``features`` ([num_accepted + 1, feature_size], or None when the
+    drafter reads none) are the verifier's hidden states of the tokens it cached in that
+    step: the previous last token and the accepted drafts. Features therefore always
+    cover every committed token but the last."""
+
+    tokens: list[int]
+    candidate: int
+    num_accepted: int
+    features: Tensor | None = None
+
+
 class Drafter(Protocol):
-    """Proposes ``gamma`` tokens after ``prefix``.
+    """Proposes ``gamma`` tokens after the committed sequence.
+
+    Step contract: ``start`` gives the prompt (and the verifier's hidden states of all of
+    it but the last token, if ``feature_layers`` asks for them); each ``draft`` proposes a
+    block after the committed tokens; ``update`` tells what the verifier committed. Caches
+    are kept and cut back by position, from what ``update`` says.
 
     Contract for losslessness: ``draft_probs[k, j]`` is exactly the distribution that
-    ``tokens[k, j]`` was sampled from, and it may depend only on the prefix and on
-    ``tokens[k, :j]`` (draft tokens to its left). The K rows are sampled independently
+    ``tokens[k, j]`` was sampled from, and it may depend only on the committed tokens and
+    on ``tokens[k, :j]`` (draft tokens to its left). The K rows are sampled independently
     (with replacement), except that ``greedy_first=True`` makes row 0 the argmax draft
     (each slot the argmax given row 0's tokens to its left; ``draft_probs[0]`` one-hot):
-    callers ask for that only under greedy verification. Drafters keep their own caches
-    and reconcile them with the prefix they are given, so the caller never has to tell
-    them what was accepted.
+    callers ask for that only under greedy verification.
     """
 
     vocab_size: int
+    feature_layers: tuple[int, ...]  # verifier layers whose hidden states it reads; () for none
+
+    def start(self, prompt: list[int], features: Tensor | None = None) -> None:
+        """A new sequence: ``prompt`` is committed; ``features`` [len(prompt) - 1, F]."""
 
     def draft(
         self,
-        prefix: Tensor,  # [1, length] int64, the committed tokens
         gamma: int,
         sampling: SamplingConfig,
         num_drafts: int = 1,
@@ -42,14 +64,5 @@ class Drafter(Protocol):
         greedy_first: bool = False,
     ) -> Draft: ...
 
-    def reset(self) -> None:
-        """Forget all cached state (a new prompt follows)."""
-
-
-def common_prefix_length(cached: list[int], prefix: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    limit = min(len(cached), len(prefix))
-    for index in range(limit):
-        if cached[index] != prefix[index]:
-            return index
-    return limit
+    def update(self, accepted: Accepted) -> None:
+        """The verifier committed ``accepted.tokens`` after the sequence so far."""

@@ -1,6 +1,7 @@
 """The masked-diffusion drafter: a whole block of gamma tokens from one denoising pass.
 
-The drafter caches every committed token but the last. A pass runs the not-yet-cached
+The drafter caches every committed token but the last (draft blocks never enter the
+cache, so it only grows as ``update`` reports committed tokens). A pass runs the not-yet-cached
 committed tokens causally (their keys and values join the cache) followed by the draft
 block ``[last token, MASK x (gamma - 1)]``. Logits are shifted: block row 0 (the last
 committed token) predicts slot 0, block row j (a MASK standing at slot j - 1's position)
@@ -21,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from specdiff.drafters.base import Draft, common_prefix_length
+from specdiff.drafters.base import Accepted, Draft
 from specdiff.models.diffusion_lm import DiffusionLM, KVCache
 from specdiff.sampling import SamplingConfig, choose_tokens, make_first_candidate_greedy
 
@@ -48,31 +49,29 @@ def block_attention_mask(num_past: int, num_causal: int, block: int) -> Tensor:
 class DiffusionDrafter:
     """Drafts with a ``DiffusionLM``; keeps the KV cache of the committed prefix only."""
 
+    feature_layers: tuple[int, ...] = ()
+
     def __init__(self, network: DiffusionLM, steps: int = 1):
         if steps < 1:
             raise ValueError(f"steps (denoising passes) must be >= 1, got {steps}")
         self.network = network.eval()
         self.steps = steps
         self.vocab_size = network.config.vocab_size
-        self.reset()
+        self.start([])
 
-    def reset(self) -> None:
-        self._cache: KVCache = []
-        self._cached_tokens: list[int] = []
+    def start(self, prompt: list[int], features: Tensor | None = None) -> None:
+        self._tokens = list(prompt)  # committed
+        self._cache: KVCache = []  # keys and values of self._tokens[:self._num_cached]
+        self._num_cached = 0
 
-    def _sync_cache(self, tokens: list[int]) -> list[int]:
-        """Crop the cache to its longest prefix shared with ``tokens[:-1]``; return the
-        committed tokens still to be cached."""
-        keep = common_prefix_length(self._cached_tokens, tokens[:-1])
-        self._cache = [(k[:, :, :keep], v[:, :, :keep]) for k, v in self._cache]
-        self._cached_tokens = self._cached_tokens[:keep]
-        return tokens[keep:-1]
+    def update(self, accepted: Accepted) -> None:
+        self._tokens.extend(accepted.tokens)
 
     def _block_pass(self, causal_tokens: list[int], block_ids: Tensor) -> Tensor:
         """One pass over [causal_tokens | block]; the causal tokens join the cache.
 
         block_ids [K, gamma]. Returns hidden states [K, gamma, hidden]; row j predicts slot j."""
-        num_past, num_causal = len(self._cached_tokens), len(causal_tokens)
+        num_past, num_causal = self._num_cached, len(causal_tokens)
         batch, gamma = block_ids.shape
         causal_ids = torch.tensor([causal_tokens], dtype=torch.long).expand(batch, -1)
         input_ids = torch.cat([causal_ids, block_ids], dim=1)
@@ -84,7 +83,7 @@ class DiffusionDrafter:
             self._cache = fresh if not self._cache else [
                 (torch.cat([k0, k1], 2), torch.cat([v0, v1], 2)) for (k0, v0), (k1, v1) in zip(self._cache, fresh)
             ]
-            self._cached_tokens = self._cached_tokens + causal_tokens
+            self._num_cached += num_causal
         return hidden[:, num_causal:]
 
     def _slot_logits(self, hidden: Tensor) -> Tensor:
@@ -93,15 +92,14 @@ class DiffusionDrafter:
     @torch.inference_mode()
     def draft(
         self,
-        prefix: Tensor,
         gamma: int,
         sampling: SamplingConfig,
         num_drafts: int = 1,
         generator: torch.Generator | None = None,
         greedy_first: bool = False,
     ) -> Draft:
-        tokens = prefix[0].tolist()
-        causal_tokens = self._sync_cache(tokens)
+        tokens = self._tokens
+        causal_tokens = tokens[self._num_cached:-1]
         block = torch.full((1, gamma), self.network.config.mask_token_id, dtype=torch.long)
         block[0, 0] = tokens[-1]
         bounds = chunk_bounds(gamma, min(self.steps, gamma))
