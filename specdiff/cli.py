@@ -36,9 +36,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verifier", default=DEFAULT_VERIFIER, help="named model, local folder or Hub id")
     parser.add_argument("--drafter", default=DEFAULT_DRAFTER,
                         help="named drafter, saved diffusion drafter folder, causal LM, or 'none' for plain decoding")
-    parser.add_argument("--drafter-kind", default="auto", choices=("auto", "ar", "diffusion"),
-                        help="diffusion: cut an untrained diffusion drafter from a causal LM")
-    parser.add_argument("--drafter-layers", type=int, default=None, help="layers of a diffusion drafter cut from a causal LM")
+    parser.add_argument("--drafter-kind", default="auto", choices=("auto", "ar", "diffusion", "dflash"),
+                        help="diffusion: cut an untrained diffusion drafter from a causal LM; dflash: an untrained "
+                             "DFlash drafter for the verifier --drafter names (auto recognises saved folders)")
+    parser.add_argument("--drafter-layers", type=int, default=None,
+                        help="layers of an untrained drafter (diffusion: cut from the causal LM, default all; dflash: 1)")
+    parser.add_argument("--drafter-block-size", type=int, default=8, help="block size of an untrained DFlash drafter")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
 
 
@@ -79,8 +82,9 @@ def load_pair(args):
     drafter = None
     if args.drafter.lower() != "none":
         drafter, drafter_tokenizer = load_drafter(args.drafter, args.drafter_kind, args.drafter_layers,
-                                                  args.steps, args.dtype)
-        check_same_tokenizer(tokenizer, drafter_tokenizer)
+                                                  args.steps, args.dtype, model, args.drafter_block_size)
+        if drafter_tokenizer is not None:  # DFlash drafters use the verifier's own embedding and head
+            check_same_tokenizer(tokenizer, drafter_tokenizer)
     return model, tokenizer, drafter
 
 
@@ -173,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Sub-commands defined beside their features (calibration, benchmarks)."""
     from specdiff.bench.cli import register as register_bench
+    from specdiff.bench.draft_cost import register as register_draft_cost
     from specdiff.calibrate.cli import register as register_calibrate
 
-    return [register_calibrate, register_bench]
+    return [register_calibrate, register_bench, register_draft_cost]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,3 +102,17 @@ def make_first_candidate_greedy(tokens: Tensor, probs: Tensor, first_logits: Ten
     tokens = torch.cat([greedy_tokens[..., 0][None], tokens[1:]])
     probs = torch.cat([greedy_probs[None], probs[1:]])
     return tokens, probs
+
+
+def drafts_from_marginals(
+    logits: Tensor, sampling: SamplingConfig, generator: torch.Generator | None, num_drafts: int,
+    greedy_first: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """K drafts from one pass's per-slot logits [gamma, vocab]: every row drawn from the
+    same marginals (argmax when greedy). Returns tokens [K, gamma] and the distributions
+    they were drawn from [K, gamma, vocab]; ``greedy_first`` makes row 0 the argmax."""
+    tokens, probs = choose_tokens(logits, sampling, generator, num_drafts)  # [gamma, K], [gamma, vocab]
+    tokens, probs = tokens.T.contiguous(), probs[None].expand(num_drafts, -1, -1)
+    if greedy_first:
+        tokens, probs = make_first_candidate_greedy(tokens, probs, logits)
+    return tokens, probs

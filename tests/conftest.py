@@ -54,3 +54,15 @@ def tiny_model_dir(tmp_path_factory):
     tiny_causal_lm("qwen2", seed=4).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+class RunsCode:
+    """Unpickling this runs ``touch marker``: what a hostile file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))

@@ -204,3 +204,14 @@ def test_spec_bench_row_without_category_is_named(tmp_path):
     path.write_text(json.dumps({"question_id": 1, "turns": ["hi"]}) + "\n")
     with pytest.raises(ValueError, match="question.jsonl:1: the row has no 'category' field"):
         load_prompts("spec-bench", str(path))
+
+
+def test_draft_cost_table_for_every_layer_count_and_gamma(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "cost"
+    args = ["bench-draft-cost", "--verifier", str(tiny_model_dir), "--layers", "1,2", "--gammas", "2,5",
+            "--repeats", "2", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "draft_cost.json").read_text())
+    assert sorted((r["layers"], r["gamma"]) for r in result["rows"]) == [(1, 2), (1, 5), (2, 2), (2, 5)]
+    assert all(r["draft_s"] > 0 and r["fraction_of_verify"] > 0 for r in result["rows"])
+    assert "| 2 | " in capsys.readouterr().out

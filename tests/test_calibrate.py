@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import RunsCode
 from specdiff.calibrate.losses import ce_loss, ce_streak_loss, expected_streak, streak_loss
 from specdiff.calibrate.train import TrainConfig, train
 from specdiff.calibrate.windows import make_windows
@@ -98,16 +99,6 @@ def test_two_process_ddp_training(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "final" / "deltas.safetensors").is_file()
     assert len((out / "train.log").read_text().splitlines()) == 4
-
-
-class RunsCode:
-    """Unpickling this calls ``touch``: what a hostile checkpoint would do."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_checkpoint_that_would_run_code_is_refused(tiny_run, tmp_path):

@@ -82,6 +82,25 @@ def test_speculative_sampling_matches_verifier(verifier, draft_base, exact, name
     assert tv < TV_BOUND, f"{name}: TV {tv:.3f} >= {TV_BOUND}"
 
 
+@pytest.mark.parametrize("name, draft_sampling, num_drafts", [
+    ("conditioned argmax drafts", SamplingConfig(), 1),
+    ("conditioned sampled drafts", None, 1),
+    ("conditioned K=2 sampled drafts", SamplingConfig(temperature=1.5), 2),
+])
+def test_conditioned_drafter_sampling_matches_verifier(verifier, exact, name, draft_sampling, num_drafts):
+    from specdiff.drafters.conditioned import ConditionedDrafter
+    from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
+
+    torch.manual_seed(2)
+    network = DFlashNetwork(dflash_config(verifier.model.config, 1, 4, [0, 1]), separate_mask_embedding=True)
+    torch.nn.init.normal_(network.mask_embedding)
+    drafter = ConditionedDrafter(network.eval(), verifier.model)
+    config = DecodingConfig(gamma=2, num_drafts=num_drafts, sampling=SAMPLING, draft_sampling=draft_sampling)
+    tv = total_variation(exact, sample_sequences(verifier, drafter, config))
+    print(f"{name}: TV {tv:.4f} (bound {TV_BOUND})")
+    assert tv < TV_BOUND, f"{name}: TV {tv:.3f} >= {TV_BOUND}"
+
+
 def test_always_accept_rule_fails_the_check(verifier, draft_base, exact, monkeypatch):
     def always_accept(draft_tokens, draft_probs, target_probs, generator):
         gamma = draft_tokens.shape[1]

@@ -9,6 +9,9 @@
 - ``specdiff2``: the aligned diffusion drafter plus self-selection (K drafts);
   ``specdiff2-kN`` is the same with K = N and ``specdiff2-kN-gG`` also with gamma = G,
   for sweeps over K and gamma in one run.
+- ``dflash``: our engine with a DFlash-layout drafter conditioned on the verifier's hidden
+  states (``--dflash-drafter``; argmax drafts at ``--gamma-dflash``); ``dflash-kN`` and
+  ``dflash-kN-gG`` as for specdiff2.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from specdiff.engine import DecodingConfig, generate
 from specdiff.sampling import SamplingConfig
 from specdiff.verifier import Verifier
 
-METHODS = ("ar", "ar-engine", "hf-assisted", "prompt-lookup", "sd-ar", "specdiff", "specdiff2")
+METHODS = ("ar", "ar-engine", "hf-assisted", "prompt-lookup", "sd-ar", "specdiff", "specdiff2", "dflash")
 
 
 @dataclass
@@ -97,6 +100,8 @@ class MethodSettings:
     assistant: str = "qwen2.5-coder-0.5b-instruct"
     specdiff_drafter: str = "specdiff-qwen2.5-coder-1.5b-adapted"  # adapted, not aligned
     specdiff2_drafter: str = "specdiff-qwen2.5-coder-1.5b"
+    dflash_drafter: str = ""  # a DFlash-layout drafter folder for the verifier
+    gamma_dflash: int = 8  # draft length of the DFlash drafter
 
     def __post_init__(self) -> None:
         for flag, value in (("--temperature", self.temperature), ("--draft-temperature", self.draft_temperature)):
@@ -104,7 +109,7 @@ class MethodSettings:
                 raise ValueError(f"{flag} must be a finite number >= 0 (0 = greedy), got {value}")
 
 
-SWEEP_METHOD = re.compile(r"specdiff2-k(\d+)(?:-g(\d+))?")
+SWEEP_METHOD = re.compile(r"(specdiff2|dflash)-k(\d+)(?:-g(\d+))?")
 
 
 def check_method_names(names: list[str]) -> None:
@@ -112,7 +117,7 @@ def check_method_names(names: list[str]) -> None:
         raise ValueError(f"no method given; known: {', '.join(METHODS)}")
     for name in names:
         if name not in METHODS and not SWEEP_METHOD.fullmatch(name):
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, specdiff2-kN, specdiff2-kN-gG")
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, specdiff2-kN[-gG], dflash-kN[-gG]")
 
 
 def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) -> tuple[list, dict[str, str]]:
@@ -153,16 +158,19 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
                 methods.append(EngineMethod(name, verifier, AutoregressiveDrafter(assistant),
                                             engine_config(gamma=settings.gamma_ar), eos))
             else:
-                spec = settings.specdiff_drafter if name == "specdiff" else settings.specdiff2_drafter
+                family = k_suffix.group(1) if k_suffix else name
+                spec = {"specdiff": settings.specdiff_drafter, "specdiff2": settings.specdiff2_drafter,
+                        "dflash": settings.dflash_drafter}[family]
                 if not spec:
-                    raise FileNotFoundError(f"no drafter given for {name} (--specdiff-drafter PATH)")
+                    raise FileNotFoundError(f"no drafter given for {name} (--{family}-drafter PATH)")
                 if spec not in drafters:
-                    drafters[spec] = load_drafter(spec)[0]
+                    drafters[spec] = load_drafter(spec, verifier_model=model)[0]
                 drafter = drafters[spec]
-                num_drafts = int(k_suffix.group(1)) if k_suffix else settings.num_drafts if name == "specdiff2" else 1
+                num_drafts = int(k_suffix.group(2)) if k_suffix else settings.num_drafts if name == "specdiff2" else 1
                 sampled_drafts = num_drafts > 1 or settings.temperature > 0
                 draft_sampling = SamplingConfig(temperature=settings.draft_temperature) if sampled_drafts else greedy
-                gamma = int(k_suffix.group(2)) if k_suffix and k_suffix.group(2) else settings.gamma
+                default_gamma = settings.gamma_dflash if family == "dflash" else settings.gamma
+                gamma = int(k_suffix.group(3)) if k_suffix and k_suffix.group(3) else default_gamma
                 config = engine_config(gamma=gamma, num_drafts=num_drafts, draft_sampling=draft_sampling,
                                        argmax_candidate=settings.argmax_candidate)
                 methods.append(EngineMethod(name, verifier, drafter, config, eos))

@@ -48,7 +48,9 @@ def cmd_eval(args) -> int:
 
     from specdiff.bench.datasets import load_prompts
     from specdiff.calibrate.evaluate import replay_eval, verifier_trajectories
+    from specdiff.drafters.dflash_files import is_dflash_folder
     from specdiff.models.drafter_loading import load_drafter
+    from specdiff.models.loading import load_causal_lm
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,10 +58,14 @@ def cmd_eval(args) -> int:
     trajectories = verifier_trajectories(prompts, args.verifier, args.max_new_tokens, out / "trajectories.jsonl")
     plain_tps = sum(len(r["trajectory"]) for r in trajectories.values()) / sum(r["seconds"] for r in trajectories.values())
     results = {}
+    verifier_model = None  # DFlash drafters read its hidden states (one teacher-forced pass per trajectory)
+    if args.drafter_kind == "dflash" or any(is_dflash_folder(spec) for spec in args.drafters):
+        verifier_model, _ = load_causal_lm(args.verifier)
     for spec in args.drafters:
-        drafter, _ = load_drafter(spec, args.drafter_kind)
+        drafter, _ = load_drafter(spec, args.drafter_kind, verifier_model=verifier_model)
         for num_drafts in args.num_drafts:
-            stats = replay_eval(drafter, trajectories, args.gamma, num_drafts, args.draft_temperature, args.seed)
+            stats = replay_eval(drafter, trajectories, args.gamma, num_drafts, args.draft_temperature, args.seed,
+                                verifier_model)
             results[f"{spec} K={num_drafts}"] = stats.to_dict()
             acc = stats.acceptance_by_position
             print(f"{spec} K={num_drafts}: tau {stats.tau:.3f}, acceptance slot1..4 "
@@ -73,7 +79,9 @@ def cmd_eval(args) -> int:
 def register_eval(sub) -> None:
     evaluate = sub.add_parser("eval", help="tau and per-position acceptance along the verifier's greedy trajectories")
     evaluate.add_argument("--drafters", nargs="+", required=True)
-    evaluate.add_argument("--drafter-kind", default="auto", choices=("auto", "ar", "diffusion"))
+    from specdiff.models.drafter_loading import DRAFTER_KINDS
+
+    evaluate.add_argument("--drafter-kind", default="auto", choices=DRAFTER_KINDS)
     evaluate.add_argument("--verifier", default="qwen2.5-coder-1.5b-instruct")
     evaluate.add_argument("--dataset", default="humaneval")
     evaluate.add_argument("--data-path", default=None)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from specdiff.drafters.base import Accepted, Draft
 from specdiff.models.diffusion_lm import DiffusionLM, KVCache
-from specdiff.sampling import SamplingConfig, choose_tokens, make_first_candidate_greedy
+from specdiff.sampling import SamplingConfig, choose_tokens, drafts_from_marginals, make_first_candidate_greedy
 
 
 def chunk_bounds(gamma: int, steps: int) -> list[tuple[int, int]]:
@@ -107,12 +107,9 @@ class DiffusionDrafter:
         first_end = bounds[0][1]
         hidden = self._block_pass(causal_tokens, block)  # [1, gamma, hidden]
         first_logits = self._slot_logits(hidden[0, :first_end])  # [chunk, vocab], shared by all K drafts
-        chunk_tokens, chunk_probs = choose_tokens(first_logits, sampling, generator, num_drafts)  # [chunk, K], [chunk, vocab]
-        chunk_tokens, chunk_probs = chunk_tokens.T, chunk_probs[None].expand(num_drafts, -1, -1)
-        if greedy_first:
-            chunk_tokens, chunk_probs = make_first_candidate_greedy(chunk_tokens, chunk_probs, first_logits)
+        chunk_tokens, chunk_probs = drafts_from_marginals(first_logits, sampling, generator, num_drafts, greedy_first)
         if len(bounds) == 1:  # one pass: every draft shares the marginals
-            return Draft(tokens=chunk_tokens.contiguous(), draft_probs=chunk_probs)
+            return Draft(tokens=chunk_tokens, draft_probs=chunk_probs)
 
         draft_tokens = torch.zeros(num_drafts, gamma, dtype=torch.long)
         draft_probs = torch.zeros(num_drafts, gamma, self.vocab_size)

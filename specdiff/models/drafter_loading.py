@@ -1,16 +1,22 @@
-"""Build a drafter from a spec: a shipped or saved diffusion drafter, an untrained
-diffusion drafter cut from a base model, or an autoregressive causal LM."""
+"""Build a drafter from a spec: a shipped or saved diffusion drafter, a DFlash-layout
+drafter folder (conditioned on the verifier's hidden states), an untrained diffusion or
+DFlash drafter, or an autoregressive causal LM."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from specdiff.drafters import AutoregressiveDrafter, DiffusionDrafter
+from specdiff.drafters.conditioned import ConditionedDrafter
+from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_dflash
+from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
 from specdiff.models.drafter_files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, load_diffusion_lm, shipped_drafter_dir
 from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
-from specdiff.models.loading import load_causal_lm, resolve_model_folder
+from specdiff.models.loading import DTYPES, load_causal_lm, resolve_model_folder
 
-DRAFTER_KINDS = ("auto", "ar", "diffusion")
+DRAFTER_KINDS = ("auto", "ar", "diffusion", "dflash")
 
 
 def diffusion_folder(spec: str) -> Path | None:
@@ -24,19 +30,28 @@ def diffusion_folder(spec: str) -> Path | None:
 
 def check_drafter_spec(spec: str) -> None:
     """Fail at once (before any model loads) when ``spec`` names no drafter that can be found."""
-    if diffusion_folder(spec) is None:
+    if diffusion_folder(spec) is None and not is_dflash_folder(spec):
         resolve_model_folder(spec, other_names=(*SHIPPED_DRAFTERS, "none"))
 
 
 def load_drafter(spec: str, kind: str = "auto", num_layers: int | None = None, steps: int = 1,
-                 dtype: str = "float32"):
-    """(drafter, tokenizer).
+                 dtype: str = "float32", verifier_model=None, block_size: int = 8):
+    """(drafter, tokenizer or None).
 
-    kind "auto": a saved diffusion drafter if ``spec`` names one, else an autoregressive
-    drafter. kind "diffusion" with a causal LM spec: an untrained (not adapted) diffusion
-    drafter from its first ``num_layers`` layers (default: all)."""
+    kind "auto": a saved diffusion drafter or a DFlash folder if ``spec`` names one, else an
+    autoregressive drafter. kind "diffusion" with a causal LM spec: an untrained (not
+    adapted) diffusion drafter from its first ``num_layers`` layers (default: all). kind
+    "dflash" with a causal LM spec (the verifier): an untrained DFlash drafter of
+    ``num_layers`` layers (default 1) for it. DFlash drafters use the verifier's embedding
+    and head, so they need ``verifier_model`` and come without a tokenizer of their own."""
     if kind not in DRAFTER_KINDS:
         raise ValueError(f"drafter kind must be one of {', '.join(DRAFTER_KINDS)}, got {kind!r}")
+    if kind in ("auto", "dflash") and is_dflash_folder(spec):
+        _need_verifier(verifier_model)
+        return ConditionedDrafter(load_dflash(spec, verifier_model.config, DTYPES[dtype]), verifier_model), None
+    if kind == "dflash":
+        _need_verifier(verifier_model)
+        return untrained_dflash(spec, verifier_model, num_layers or 1, block_size, dtype), None
     folder = diffusion_folder(spec)
     if folder is not None and kind in ("auto", "diffusion"):
         network, tokenizer = load_diffusion_lm(folder, dtype)
@@ -45,3 +60,22 @@ def load_drafter(spec: str, kind: str = "auto", num_layers: int | None = None, s
     if kind == "diffusion":
         return DiffusionDrafter(diffusion_lm_from_causal_lm(model, num_layers), steps=steps), tokenizer
     return AutoregressiveDrafter(model), tokenizer
+
+
+def untrained_dflash(spec: str, verifier_model, num_layers: int, block_size: int, dtype: str = "float32",
+                     seed: int = 0) -> ConditionedDrafter:
+    """A randomly initialised DFlash drafter for the model ``spec`` names, which must fit the verifier."""
+    from transformers import AutoConfig
+
+    target_config = AutoConfig.from_pretrained(resolve_model_folder(spec))
+    config = dflash_config(target_config, num_layers, block_size)
+    check_fits(config, verifier_model.config, f"an untrained DFlash drafter for {spec}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        network = DFlashNetwork(config)
+    return ConditionedDrafter(network.to(DTYPES[dtype]), verifier_model)
+
+
+def _need_verifier(verifier_model) -> None:
+    if verifier_model is None:
+        raise ValueError("a DFlash drafter reads the verifier's hidden states: load it with verifier_model=")

@@ -1,0 +1,98 @@
+"""`specdiff bench-draft-cost`: what one DFlash draft call costs, against a one-token verifier pass.
+
+Untrained (random) drafters are enough: cost does not depend on the weights. For every
+(layers, gamma) a drafter is started on the same prompt's hidden states; then, round by
+round, each configuration drafts once and the verifier runs one one-token pass, so machine
+drift hits all alike. Reported: median seconds per call and the ratio to the verifier's
+median one-token pass.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+HUMANEVAL_LIKE_PROMPT = (
+    "Complete this Python function.\n\nfrom typing import List\n\n\ndef has_close_elements(numbers: List[float], "
+    "threshold: float) -> bool:\n    \"\"\" Check if in given list of numbers, are any two numbers closer to each "
+    "other than\n    given threshold.\n    >>> has_close_elements([1.0, 2.0, 3.0], 0.5)\n    False\n    \"\"\"\n"
+)
+
+
+def measure_draft_cost(verifier_spec: str, layers: list[int], gammas: list[int], repeats: int,
+                       prompt: str = HUMANEVAL_LIKE_PROMPT) -> dict:
+    from specdiff.models.drafter_loading import untrained_dflash
+    from specdiff.models.loading import encode_prompt, load_causal_lm
+    from specdiff.sampling import SamplingConfig
+    from specdiff.verifier import Verifier
+
+    model, tokenizer = load_causal_lm(verifier_spec)
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    verifier = Verifier(model)
+    drafters = {}
+    for num_layers in layers:
+        drafter = untrained_dflash(verifier_spec, model, num_layers, max(gammas) + 1)
+        drafter.start(prompt_ids[0].tolist(), verifier.prefill(prompt_ids, drafter.feature_layers))
+        drafters[num_layers] = drafter
+    verifier.prefill(prompt_ids)
+    greedy = SamplingConfig()
+    draft_seconds: dict[tuple[int, int], list[float]] = {(n, g): [] for n in layers for g in gammas}
+    verify_seconds: list[float] = []
+    last = torch.tensor([[int(prompt_ids[0, -1])]])
+    for _ in range(repeats + 1):  # the first round warms up and is dropped
+        for (num_layers, gamma), times in draft_seconds.items():
+            started = time.perf_counter()
+            drafters[num_layers].draft(gamma, greedy)
+            times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        verifier.commit(verifier.score(last), 0, 0)
+        verify_seconds.append(time.perf_counter() - started)
+    verify = statistics.median(verify_seconds[1:])
+    rows = [{"layers": n, "gamma": g, "draft_s": statistics.median(t[1:]), "fraction_of_verify": statistics.median(t[1:]) / verify}
+            for (n, g), t in draft_seconds.items()]
+    return {"verifier": verifier_spec, "prompt_tokens": prompt_ids.shape[1], "repeats": repeats,
+            "verify_one_token_s": verify, "rows": rows, "threads": torch.get_num_threads()}
+
+
+def markdown(result: dict) -> str:
+    gammas = sorted({r["gamma"] for r in result["rows"]})
+    lines = [f"One-token verifier pass: {result['verify_one_token_s'] * 1000:.0f} ms "
+             f"({result['verifier']}, {result['prompt_tokens']}-token prompt, median of {result['repeats']})", "",
+             "| draft layers | " + " | ".join(f"gamma {g}" for g in gammas) + " |",
+             "|---|" + "---|" * len(gammas)]
+    for num_layers in sorted({r["layers"] for r in result["rows"]}):
+        cells = [next(r for r in result["rows"] if r["layers"] == num_layers and r["gamma"] == g) for g in gammas]
+        lines.append(f"| {num_layers} | " + " | ".join(f"{c['draft_s'] * 1000:.0f} ms ({c['fraction_of_verify']:.2f}x)"
+                                                     for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_draft_cost(args) -> int:
+    layers = [int(x) for x in args.layers.split(",")]
+    gammas = [int(x) for x in args.gammas.split(",")]
+    if args.repeats < 1 or min(layers) < 1 or min(gammas) < 1:
+        raise ValueError("--repeats, --layers and --gammas must be >= 1")
+    result = measure_draft_cost(args.verifier, layers, gammas, args.repeats)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "draft_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (out / "draft_cost.md").write_text(table)
+    print(table)
+    return 0
+
+
+def register(commands) -> None:
+    from specdiff.bench.runner import BenchConfig
+
+    cost = commands.add_parser("bench-draft-cost", help="cost of one DFlash draft call vs a one-token verifier pass")
+    cost.add_argument("--verifier", default=BenchConfig.verifier)
+    cost.add_argument("--layers", default="1,2,3", help="comma-separated draft layer counts")
+    cost.add_argument("--gammas", default="4,8,16", help="comma-separated draft lengths")
+    cost.add_argument("--repeats", type=int, default=10)
+    cost.add_argument("--out", default="runs/draft-cost")
+    cost.set_defaults(run=cmd_draft_cost)
