@@ -1,6 +1,6 @@
 """specdiff: lossless speculative decoding with a masked-diffusion drafter (SpecDiff-2)."""
 
-from specdiff.drafters import AutoregressiveDrafter, DiffusionDrafter, Draft, Drafter
+from specdiff.drafters import Accepted, AutoregressiveDrafter, ConditionedDrafter, DiffusionDrafter, Draft, Drafter
 from specdiff.engine import (
     DecodingConfig,
     GenerationResult,
@@ -15,7 +15,9 @@ from specdiff.verifier import Verifier
 __version__ = "0.1.0"
 
 __all__ = [
+    "Accepted",
     "AutoregressiveDrafter",
+    "ConditionedDrafter",
     "DecodingConfig",
     "DiffusionDrafter",
     "Draft",

@@ -212,6 +212,7 @@ def test_draft_cost_table_for_every_layer_count_and_gamma(tiny_model_dir, tmp_pa
             "--repeats", "2", "--out", str(out)]
     assert main(args) == 0
     result = json.loads((out / "draft_cost.json").read_text())
-    assert sorted((r["layers"], r["gamma"]) for r in result["rows"]) == [(1, 2), (1, 5), (2, 2), (2, 5)]
+    assert sorted((r["layers"], r["gamma"]) for r in result["rows"]) == [(0, 2), (0, 5), (1, 2), (1, 5), (2, 2), (2, 5)]
     assert all(r["draft_s"] > 0 and r["fraction_of_verify"] > 0 for r in result["rows"])
-    assert "| 2 | " in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "| 2 | " in table and "| LM head only | " in table

@@ -1,7 +1,8 @@
 """Drafters: the ``Drafter`` protocol and its kinds."""
 
 from specdiff.drafters.autoregressive import AutoregressiveDrafter
-from specdiff.drafters.base import Draft, Drafter
+from specdiff.drafters.base import Accepted, Draft, Drafter
+from specdiff.drafters.conditioned import ConditionedDrafter
 from specdiff.drafters.diffusion import DiffusionDrafter
 
-__all__ = ["AutoregressiveDrafter", "DiffusionDrafter", "Draft", "Drafter"]
+__all__ = ["Accepted", "AutoregressiveDrafter", "ConditionedDrafter", "DiffusionDrafter", "Draft", "Drafter"]
