@@ -57,7 +57,7 @@ def register(commands) -> None:
     bench = commands.add_parser("bench", help="measure every method on the same verifier, prompts and machine")
     bench.add_argument("--out", default="runs/bench", help="output folder (reruns skip finished records)")
     bench.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help="quick: 3 HumanEval prompts x 64 tokens, about 10 minutes on a 2-core CPU")
+                       help="quick: 3 HumanEval prompts x 64 tokens, about 9 minutes on a 2-core CPU (models prepared)")
     add_dataclass_args(bench, BenchConfig, skip=("settings",))
     add_dataclass_args(bench, MethodSettings)
     bench.set_defaults(run=cmd_bench, parser_defaults={k: bench.get_default(k) for k in ("dataset", "limit",

@@ -39,7 +39,26 @@ def register(commands) -> None:
     train.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (resume later)")
     add_dataclass_args(train, TrainConfig)
     train.set_defaults(run=cmd_train)
+    register_train_dflash(sub)
     register_eval(sub)
+
+
+def cmd_train_dflash(args) -> int:
+    from specdiff.calibrate.dflash_train import DFlashTrainConfig, train_dflash
+
+    final = train_dflash(dataclass_from_args(DFlashTrainConfig, args), args.out, args.stop_after)
+    print(f"drafter saved in {final}" if final else f"stopped early; run again to resume from {args.out}")
+    return 0
+
+
+def register_train_dflash(sub) -> None:
+    from specdiff.calibrate.dflash_train import DFlashTrainConfig
+
+    train = sub.add_parser("train-dflash", help="train a DFlash-layout drafter on the verifier's hidden states (resumable)")
+    train.add_argument("--out", required=True, help="run folder: checkpoints, logs, final drafter")
+    train.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (resume later)")
+    add_dataclass_args(train, DFlashTrainConfig)
+    train.set_defaults(run=cmd_train_dflash)
 
 
 def cmd_eval(args) -> int:

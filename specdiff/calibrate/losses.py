@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-LOSSES = ("ce", "ce_streak", "streak")
+LOSSES = ("ce", "ce_decay", "ce_streak", "streak")
+CE_DECAY_SCALE = 7.0  # DFlash's position decay exp(-(k - 1) / 7)
 
 
 def _streak_prefix_products(log_q: Tensor, valid: Tensor) -> Tensor:
@@ -35,10 +36,18 @@ def ce_loss(log_q: Tensor, valid: Tensor) -> Tensor:
     return -(log_q * valid).sum() / valid.sum().clamp_min(1)
 
 
+def ce_decay_loss(log_q: Tensor, valid: Tensor) -> Tensor:
+    """DFlash's cross-entropy with slot k (1-based) weighted by exp(-(k - 1) / 7),
+    normalised by the total weight of the valid slots."""
+    weights = torch.exp(-torch.arange(log_q.shape[-1], dtype=log_q.dtype) / CE_DECAY_SCALE) * valid
+    return -(weights * log_q).sum() / weights.sum().clamp_min(1e-9)
+
+
 def window_loss(name: str, log_q: Tensor, valid: Tensor) -> Tensor:
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}")
-    return {"ce": ce_loss, "ce_streak": ce_streak_loss, "streak": streak_loss}[name](log_q, valid)
+    losses = {"ce": ce_loss, "ce_decay": ce_decay_loss, "ce_streak": ce_streak_loss, "streak": streak_loss}
+    return losses[name](log_q, valid)
 
 
 def expected_streak(log_q: Tensor, valid: Tensor) -> Tensor:

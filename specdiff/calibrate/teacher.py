@@ -27,7 +27,7 @@ class TeacherConfig:
     completions_per_prompt: int = 1
     batch_size: int = 8
     max_new_tokens: int = 128
-    temperature: float = 0.5  # the SpecDiff-2 reference recipe
+    temperature: float = 0.5  # the SpecDiff-2 reference recipe; 0: greedy (what a DFlash drafter learns)
     top_p: float = 0.95
     seed: int = 0
 
@@ -60,9 +60,10 @@ def generate_batch(model, tokenizer, prompts: list[str], config: TeacherConfig, 
     # transformers' generate samples from the global RNG; seeding it per shard makes
     # every shard reproducible on its own, which exact resumption needs.
     torch.manual_seed(seed)
-    output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
-                            temperature=config.temperature, top_p=config.top_p, top_k=0,
-                            max_new_tokens=config.max_new_tokens, pad_token_id=pad)
+    sampling = (dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0)
+                if config.temperature > 0 else dict(do_sample=False))  # 0: the verifier's greedy answers
+    output = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=config.max_new_tokens,
+                            pad_token_id=pad, **sampling)
     stops = eos_token_ids(model, tokenizer)
     records = []
     for row, ids in enumerate(encoded):

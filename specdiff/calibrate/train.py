@@ -110,8 +110,9 @@ def save_checkpoint(out: Path, cfg: TrainConfig, network, optimizer, scheduler, 
 RESUMABLE_CHANGES = ("align_steps", "checkpoint_every")
 
 
-def check_run_folder(cfg: TrainConfig, out: Path) -> None:
-    """Refuse a run folder that is a file, or that holds a run made with other settings."""
+def check_run_folder(cfg, out: Path, resumable_changes: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
+    """Refuse a run folder that is a file, or that holds a run of ``cfg``'s dataclass made
+    with other settings (except ``resumable_changes``)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a run folder")
     saved_path = out / "config.json"
@@ -119,7 +120,7 @@ def check_run_folder(cfg: TrainConfig, out: Path) -> None:
         return
     saved = json.loads(saved_path.read_text())
     differing = [f"--{key.replace('_', '-')} ({saved.get(key)!r} there, {value!r} now)"
-                 for key, value in asdict(cfg).items() if key not in RESUMABLE_CHANGES and saved.get(key) != value]
+                 for key, value in asdict(cfg).items() if key not in resumable_changes and saved.get(key) != value]
     if differing:
         raise ValueError(f"{out} holds a run with other settings: {'; '.join(differing)}. "
                          "Resume with the run's settings or use another --out")

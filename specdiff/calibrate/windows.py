@@ -40,3 +40,23 @@ def make_windows(ids: Tensor, starts: Tensor, gamma: int, mask_token_id: int) ->
     block_visible[0, 1:] = False
     attn_mask = torch.cat([prefix_visible.expand(-1, gamma, -1), block_visible.expand(len(starts), -1, -1)], dim=-1)
     return WindowBatch(block_ids, positions, attn_mask, targets, valid.float())
+
+
+def make_anchor_blocks(ids: Tensor, anchors: Tensor, gamma: int, mask_token_id: int) -> WindowBatch:
+    """DFlash-layout training blocks. ids [seq_len]; anchors [W] with 0 <= anchor <= seq_len - 2.
+
+    Block w is [ids[anchor], MASK x gamma] at positions anchor..anchor+gamma; its row j >= 1
+    must predict ids[anchor + j] (``targets`` [W, gamma] are rows 1..gamma). It sees the
+    verifier's features of positions strictly before its anchor and the whole block
+    (``attn_mask`` [W, 1 + gamma, seq_len + 1 + gamma]); blocks never see each other."""
+    seq_len = ids.shape[0]
+    block_ids = torch.full((len(anchors), 1 + gamma), mask_token_id, dtype=torch.long)
+    block_ids[:, 0] = ids[anchors]
+    positions = anchors[:, None] + torch.arange(1 + gamma)
+    target_index = positions[:, 1:]
+    valid = target_index < seq_len
+    targets = torch.where(valid, ids[target_index.clamp(max=seq_len - 1)], 0)
+    context_visible = torch.arange(seq_len)[None, None, :] < anchors[:, None, None]  # [W, 1, seq_len]
+    attn_mask = torch.cat([context_visible.expand(-1, 1 + gamma, -1),
+                           torch.ones(len(anchors), 1 + gamma, 1 + gamma, dtype=torch.bool)], dim=-1)
+    return WindowBatch(block_ids, positions, attn_mask, targets, valid.float())

@@ -137,9 +137,11 @@ class DFlashNetwork(nn.Module):
 
 
 def dflash_config(verifier_config, num_layers: int = 1, block_size: int = 8,
-                  target_layer_ids: list[int] | None = None, mask_token_id: int | None = None) -> Qwen3Config:
+                  target_layer_ids: list[int] | None = None, mask_token_id: int | None = None,
+                  attention_bias: bool = False) -> Qwen3Config:
     """A DFlash drafter config with the verifier's width and head layout. The MASK id
-    defaults to the verifier's last embedding row (unused by Qwen's tokenizer)."""
+    defaults to the verifier's last embedding row (unused by Qwen's tokenizer).
+    ``attention_bias`` gives q/k/v/o projections biases (to start from Qwen2 layers)."""
     num_target = verifier_config.num_hidden_layers
     heads = verifier_config.num_attention_heads
     return Qwen3Config(
@@ -154,7 +156,7 @@ def dflash_config(verifier_config, num_layers: int = 1, block_size: int = 8,
         rms_norm_eps=verifier_config.rms_norm_eps,
         rope_parameters=dict(verifier_config.rope_parameters),
         max_position_embeddings=verifier_config.max_position_embeddings,
-        attention_bias=False,
+        attention_bias=attention_bias,
         tie_word_embeddings=False,
         block_size=block_size,
         num_target_layers=num_target,

@@ -1,0 +1,196 @@
+"""`specdiff calibrate train-dflash`: train a DFlash-layout drafter on the verifier's own outputs.
+
+Each step draws one teacher sequence (prompt + the verifier's completion), runs the frozen
+verifier over it ONCE to get its hidden states at the drafter's target layers, turns them
+into every draft layer's context keys and values once, then trains ``anchors_per_step``
+blocks [token at the anchor, MASK x gamma] at random anchors inside the completion in one
+batch: each block sees the features strictly before its anchor and itself, never another
+block (``make_anchor_blocks``). Losses on the gamma slots: ``ce_decay`` (DFlash's
+cross-entropy, slot k weighted by exp(-(k-1)/7)) or ``streak`` (SpecDiff-2's expected
+accepted streak), or the others in ``calibrate/losses.py``.
+
+Initialisation ``verifier`` copies the verifier's last ``num_layers`` decoder layers into
+the draft layers (with their q/k/v biases, so the config gets ``attention_bias``; o_proj's
+bias starts at zero) and its final norm into ``norm``; ``fc`` starts by passing the deepest
+target layer through. ``random`` is transformers' default initialisation.
+
+Checkpoints hold the drafter in vLLM's layout plus optimizer, scheduler and step
+(``trainer.pt``, loaded with ``weights_only``); data is a pure function of (seed, step),
+so an interrupted run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from specdiff.calibrate.data import TeacherSequences, step_rng, window_starts
+from specdiff.calibrate.losses import expected_streak, window_loss
+from specdiff.calibrate.train import check_run_folder, latest_checkpoint, load_trainer_state
+from specdiff.calibrate.windows import WindowBatch, make_anchor_blocks
+from specdiff.drafters.dflash_files import load_dflash, save_dflash
+from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
+from specdiff.verifier import Verifier
+
+INITS = ("verifier", "random")
+
+
+@dataclass(frozen=True)
+class DFlashTrainConfig:
+    verifier: str = "qwen2.5-coder-1.5b-instruct"
+    teacher: str = "runs/teacher"  # `specdiff calibrate data` output (use --temperature 0: greedy)
+    num_layers: int = 1
+    target_layers: str = ""  # comma-separated verifier layer ids; empty: DFlash's default
+    gamma: int = 8  # draft slots per block (block size gamma + 1)
+    init: str = "verifier"
+    loss: str = "ce_decay"
+    steps: int = 200
+    anchors_per_step: int = 16
+    lr: float = 3e-4
+    warmup_steps: int = 10
+    max_seq_len: int = 384
+    checkpoint_every: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if min(self.num_layers, self.gamma, self.steps, self.anchors_per_step, self.checkpoint_every) < 1:
+            raise ValueError("--num-layers, --gamma, --steps, --anchors-per-step and --checkpoint-every must be >= 1")
+
+
+def build_network(cfg: DFlashTrainConfig, verifier_model) -> DFlashNetwork:
+    layer_ids = [int(x) for x in cfg.target_layers.split(",") if x.strip()] or None
+    from_verifier = cfg.init == "verifier"
+    config = dflash_config(verifier_model.config, cfg.num_layers, cfg.gamma + 1, layer_ids,
+                           attention_bias=from_verifier and bool(getattr(verifier_model.config, "attention_bias", True)))
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        network = DFlashNetwork(config)
+    if from_verifier:
+        init_from_verifier(network, verifier_model)
+    return network
+
+
+@torch.no_grad()
+def init_from_verifier(network: DFlashNetwork, verifier_model) -> None:
+    """Draft layers <- the verifier's last layers (matching parameter names); norm <- its
+    final norm; fc <- pass the deepest target layer's features through."""
+    source_layers = verifier_model.model.layers[-len(network.layers):]
+    for draft_layer, source_layer in zip(network.layers, source_layers):
+        source = dict(source_layer.named_parameters())
+        for name, param in draft_layer.named_parameters():
+            if name in source and source[name].shape == param.shape:
+                param.copy_(source[name])
+    network.norm.weight.copy_(verifier_model.model.norm.weight)
+    hidden = network.config.hidden_size
+    network.fc.weight.zero_()
+    network.fc.weight[:, -hidden:] = torch.eye(hidden)
+
+
+class BlockObjective(nn.Module):
+    """Loss of one batch of anchor blocks over one sequence; the module DDP would wrap."""
+
+    def __init__(self, network: DFlashNetwork, verifier_model):
+        super().__init__()
+        self.network = network
+        self._verifier = [Verifier(verifier_model)]  # not a submodule: frozen, never trained or saved
+        self.embedding = verifier_model.get_input_embeddings()
+        self.lm_head = verifier_model.get_output_embeddings()
+
+    def forward(self, ids: torch.Tensor, blocks: WindowBatch, loss_name: str):
+        # [seq_len - 1, F]: hidden states of every token a block can see (anchors <= seq_len - 2)
+        features = self._verifier[0].prefill(ids[None], self.network.target_layer_ids).clone()
+        context = self.network.context_kv(features[None], torch.arange(len(features))[None])
+        seq_len = ids.shape[0]  # the last token has no feature; no block can see it anyway
+        mask = torch.cat([blocks.attn_mask[..., : len(features)], blocks.attn_mask[..., seq_len:]], dim=-1)[:, None]
+        hidden = self.network(self.network.embed_block(blocks.block_ids, self.embedding), blocks.positions, context,
+                              mask)
+        log_probs = self.lm_head(hidden[:, 1:]).float().log_softmax(-1)  # [W, gamma, vocab]
+        log_q = log_probs.gather(-1, blocks.targets[..., None])[..., 0]
+        greedy_hit = (log_probs.argmax(-1) == blocks.targets).float() * blocks.valid
+        return window_loss(loss_name, log_q, blocks.valid), log_q.detach(), greedy_hit
+
+
+def save_checkpoint(out: Path, network, optimizer, scheduler, step: int, keep: int = 2) -> None:
+    final, partial = out / f"checkpoint-{step:06d}", out / f".partial-{step:06d}"
+    shutil.rmtree(partial, ignore_errors=True)
+    save_dflash(network, partial)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+               partial / "trainer.pt")
+    os.replace(partial, final)  # a checkpoint exists only once complete
+    for old in sorted(out.glob("checkpoint-*"))[:-keep]:
+        shutil.rmtree(old)
+
+
+def _resume(out: Path, network, optimizer, scheduler, verifier_config) -> int:
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        return 0
+    network.load_state_dict(load_dflash(checkpoint, verifier_config).state_dict())
+    state = load_trainer_state(checkpoint / "trainer.pt")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["step"]
+
+
+def _log_step(log, bar, step: int, loss, log_q, greedy_hit, blocks: WindowBatch, seconds: float) -> None:
+    streak = float(expected_streak(log_q, blocks.valid))
+    greedy = float(greedy_hit.cumprod(-1).sum(-1).mean())
+    slot_acc = (greedy_hit.sum(0) / blocks.valid.sum(0).clamp_min(1)).tolist()
+    bar.set_postfix(loss=f"{float(loss):.3f}", streak=f"{streak:.2f}", greedy=f"{greedy:.2f}")
+    bar.update(1)
+    log.write(json.dumps({"step": step, "loss": float(loss), "expected_streak": streak, "greedy_streak": greedy,
+                          "slot_acc": [round(x, 3) for x in slot_acc], "seconds": round(seconds, 2)}) + "\n")
+    log.flush()
+
+
+def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | None = None) -> Path | None:
+    """Run (or resume) training; the final drafter folder, or None when ``stop_after``
+    steps of this invocation ended it early (run again to resume)."""
+    from specdiff.calibrate.teacher import read_shards
+    from specdiff.models.loading import load_causal_lm
+
+    out = Path(out_dir)
+    check_run_folder(cfg, out, resumable_changes=("steps", "checkpoint_every"))
+    sequences = TeacherSequences(read_shards(cfg.teacher), cfg.max_seq_len)
+    verifier_model, _ = load_causal_lm(cfg.verifier)
+    verifier_model.requires_grad_(False)
+    network = build_network(cfg, verifier_model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    objective = BlockObjective(network, verifier_model)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=0.0)
+    warmup = max(1, cfg.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    step = _resume(out, network, optimizer, scheduler, verifier_model.config)
+    stop_at = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    with open(out / "train.log", "a") as log, tqdm(total=cfg.steps, initial=step, desc="train-dflash",
+                                                     file=sys.stderr) as bar:
+        while step < stop_at:
+            rng = step_rng(cfg.seed, step, 0)
+            sequence = sequences.draw(rng)
+            blocks = make_anchor_blocks(sequence.ids, window_starts(sequence, cfg.anchors_per_step, rng), cfg.gamma,
+                                        network.mask_token_id)
+            started = time.perf_counter()
+            loss, log_q, greedy_hit = objective(sequence.ids, blocks, cfg.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            _log_step(log, bar, step, loss.detach(), log_q, greedy_hit, blocks, time.perf_counter() - started)
+            if step % cfg.checkpoint_every == 0 or step == stop_at:
+                save_checkpoint(out, network, optimizer, scheduler, step)
+    if step < cfg.steps:
+        return None
+    return save_dflash(network, out / "final")

@@ -1,0 +1,100 @@
+"""Training a DFlash-layout drafter on tiny models: blocks, loss, initialisation, exact resume."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_causal_lm
+from specdiff.calibrate.dflash_train import DFlashTrainConfig, build_network, train_dflash
+from specdiff.calibrate.losses import ce_decay_loss
+from specdiff.calibrate.windows import make_anchor_blocks
+from specdiff.drafters.dflash_files import is_dflash_folder
+from specdiff.models.drafter_loading import load_drafter
+
+
+def test_anchor_blocks_see_the_context_before_their_anchor_and_themselves():
+    ids = torch.arange(10, 20)
+    blocks = make_anchor_blocks(ids, torch.tensor([0, 3, 8]), gamma=3, mask_token_id=99)
+    assert blocks.block_ids.tolist() == [[10, 99, 99, 99], [13, 99, 99, 99], [18, 99, 99, 99]]
+    assert blocks.positions[1].tolist() == [3, 4, 5, 6]
+    assert blocks.targets.tolist() == [[11, 12, 13], [14, 15, 16], [19, 0, 0]]
+    assert blocks.valid.tolist() == [[1, 1, 1], [1, 1, 1], [1, 0, 0]]
+    assert blocks.attn_mask.shape == (3, 4, 14)
+    assert blocks.attn_mask[1, :, :10].sum(-1).tolist() == [3, 3, 3, 3]  # context positions 0, 1, 2
+    assert not blocks.attn_mask[0, :, :10].any()
+    assert blocks.attn_mask[:, :, 10:].all()  # the whole block, in both directions
+
+
+def test_ce_decay_weights_later_slots_less():
+    log_q = torch.log(torch.tensor([[0.5, 0.5, 0.5]]))
+    valid = torch.ones(1, 3)
+    weights = torch.exp(-torch.arange(3.0) / 7)
+    assert torch.isclose(ce_decay_loss(log_q, valid), -torch.log(torch.tensor(0.5)))
+    skewed = torch.log(torch.tensor([[0.9, 0.5, 0.1]]))
+    expected = -(weights * skewed[0]).sum() / weights.sum()
+    assert torch.isclose(ce_decay_loss(skewed, valid), expected)
+
+
+@pytest.fixture
+def tiny_dflash_run(tiny_model_dir, tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    records = [{"prompt_ids": torch.randint(0, 32, (6,), generator=rng).tolist(),
+                "completion_ids": torch.randint(0, 32, (20,), generator=rng).tolist()} for _ in range(5)]
+    (teacher / "shard-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return DFlashTrainConfig(verifier=str(tiny_model_dir), teacher=str(teacher), num_layers=1, gamma=4, steps=6,
+                             anchors_per_step=4, lr=1e-2, checkpoint_every=2)
+
+
+def test_initialisation_copies_the_verifiers_last_layers(tiny_dflash_run, tiny_model_dir):
+    from specdiff.models.loading import load_causal_lm
+
+    verifier, _ = load_causal_lm(str(tiny_model_dir))
+    network = build_network(tiny_dflash_run, verifier)
+    assert network.config.attention_bias  # Qwen2's q/k/v biases are kept
+    last = verifier.model.layers[-1]
+    assert torch.equal(network.layers[0].mlp.down_proj.weight, last.mlp.down_proj.weight)
+    assert torch.equal(network.layers[0].self_attn.q_proj.bias, last.self_attn.q_proj.bias)
+    random = build_network(replace(tiny_dflash_run, init="random"), verifier)
+    assert not torch.equal(random.layers[0].mlp.down_proj.weight, last.mlp.down_proj.weight)
+
+
+def test_interrupted_training_resumes_exactly(tiny_dflash_run, tmp_path):
+    straight = train_dflash(tiny_dflash_run, tmp_path / "straight")
+    assert train_dflash(tiny_dflash_run, tmp_path / "resumed", stop_after=3) is None
+    resumed = train_dflash(tiny_dflash_run, tmp_path / "resumed")
+    assert is_dflash_folder(straight) and is_dflash_folder(resumed)
+    first, second = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert len((tmp_path / "straight" / "train.log").read_text().splitlines()) == 6
+    drafter, _ = load_drafter(str(straight), verifier_model=tiny_causal_lm("qwen2", seed=4))
+    assert drafter.feature_layers == (1,)
+
+
+def test_training_learns_a_sequence(tiny_dflash_run, tmp_path):
+    """A verifier with a sharp LM head (the drafter trains through it, frozen) and one
+    sequence to learn: the loss must fall well below its start."""
+    from conftest import tiny_tokenizer
+
+    sharp = tmp_path / "sharp-verifier"
+    tiny_causal_lm("qwen2", seed=4, logit_scale=30.0).save_pretrained(sharp)
+    tiny_tokenizer().save_pretrained(sharp)
+    one = tmp_path / "one"
+    one.mkdir()
+    record = {"prompt_ids": [1, 2, 3], "completion_ids": [5, 9, 5, 9, 7, 7, 5, 9, 5, 9, 7, 7]}
+    (one / "shard-00000.jsonl").write_text(json.dumps(record) + "\n")
+    train_dflash(replace(tiny_dflash_run, verifier=str(sharp), teacher=str(one), steps=30, warmup_steps=1,
+                         checkpoint_every=30),
+                 tmp_path / "run")
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
+    assert losses[-1] < 0.5 * losses[0], [round(x, 2) for x in losses]
+
+
+def test_resume_with_another_loss_is_refused(tiny_dflash_run, tmp_path):
+    assert train_dflash(tiny_dflash_run, tmp_path / "run", stop_after=2) is None
+    with pytest.raises(ValueError, match=r"--loss \('ce_decay' there, 'streak' now\)"):
+        train_dflash(replace(tiny_dflash_run, loss="streak"), tmp_path / "run")
