@@ -8,15 +8,16 @@ import json
 import sys
 import time
 
-DEFAULT_VERIFIER = "qwen2.5-coder-1.5b-instruct"
+from specdiff.models.registry import DEFAULT_VERIFIER
+
 DEFAULT_DRAFTER = "specdiff-qwen2.5-coder-1.5b"
 
 
 def add_decoding_args(parser: argparse.ArgumentParser) -> None:
-    # DecodingConfig.gamma, written out so that building the parser does not import torch
-    # (tests/test_bad_input.py checks that the two agree)
-    parser.add_argument("--gamma", type=int, default=3,
-                        help="draft length (default 3: fastest measured on a CPU; "
+    from specdiff.engine import DecodingConfig
+
+    parser.add_argument("--gamma", type=int, default=DecodingConfig.gamma,
+                        help=f"draft length (default {DecodingConfig.gamma}: fastest measured on a CPU; "
                              "on GPUs, where a 17-token verification pass costs about as much as a 1-token one, "
                              "try the paper's 16)")
     parser.add_argument("--steps", type=int, default=1, help="denoising passes per draft (diffusion drafters)")
@@ -73,7 +74,7 @@ def decoding_config(args):
 
 def load_pair(args):
     """(verifier model, tokenizer, drafter or None); checks the tokenizers match."""
-    from specdiff.models.drafter_loading import check_drafter_spec, load_drafter
+    from specdiff.drafters.loading import check_drafter_spec, load_drafter
     from specdiff.models.loading import check_same_tokenizer, load_causal_lm
 
     if args.drafter.lower() != "none":
@@ -90,7 +91,7 @@ def load_pair(args):
 
 def cmd_generate(args) -> int:
     from specdiff.engine import stream_generate
-    from specdiff.models.loading import encode_prompt, eos_token_ids
+    from specdiff.prompting import encode_prompt, eos_token_ids
     from specdiff.verifier import Verifier
 
     config = decoding_config(args)

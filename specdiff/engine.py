@@ -12,6 +12,7 @@ from torch import Tensor
 
 from specdiff.acceptance import greedy_accept, rejection_accept
 from specdiff.drafters.base import Accepted, Drafter
+from specdiff.prompting import truncate_at_eos
 from specdiff.sampling import SamplingConfig, logits_to_probs
 from specdiff.verifier import Verifier
 
@@ -155,14 +156,12 @@ def stream_generate(
 
         new_tokens = draft_tokens[acceptance.candidate, : acceptance.num_accepted].tolist() + [acceptance.next_token]
         new_tokens = new_tokens[: config.max_new_tokens - produced]
-        eos_at = next((i for i, token in enumerate(new_tokens) if token in eos_token_ids), None)
-        if eos_at is not None:
-            new_tokens = new_tokens[: eos_at + 1]
+        new_tokens, ended = truncate_at_eos(new_tokens, eos_token_ids)
         produced += len(new_tokens)
         last_token = new_tokens[-1]
         yield StepRecord(gamma, acceptance.num_accepted, acceptance.candidate, new_tokens,
                          drafted - started, verified - drafted)
-        if eos_at is not None:
+        if ended:
             return
         if drafter is not None and produced < config.max_new_tokens:
             drafter.update(Accepted(new_tokens, acceptance.candidate, acceptance.num_accepted, committed.features))

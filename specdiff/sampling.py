@@ -6,9 +6,8 @@ its own exact path (argmax), never a tiny temperature.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from specdiff.models.loading import cache_keyword
+
 
 @dataclass(frozen=True)
 class DraftTrie:
@@ -96,6 +98,10 @@ class Verifier:
         self._cache = DynamicCache(config=model.config)
 
     @property
+    def _cache_argument(self) -> dict:
+        return {cache_keyword(type(self.model)): self._cache}
+
+    @property
     def cached_length(self) -> int:
         return self._cache.get_seq_length()
 
@@ -129,7 +135,7 @@ class Verifier:
         if tokens.shape[1] < 2:
             return torch.zeros(0, len(feature_layers) * self.hidden_size) if feature_layers else None
         with self._capture(feature_layers) as features:
-            self.model(input_ids=tokens[:, :-1], cache=self._cache, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=tokens[:, :-1], use_cache=True, logits_to_keep=1, **self._cache_argument)
         return features[0] if features else None
 
     @torch.inference_mode()
@@ -149,8 +155,8 @@ class Verifier:
             mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
         with self._capture(feature_layers) as features:
             logits = self.model(
-                input_ids=trie.tokens[None], position_ids=positions, attention_mask=mask, cache=self._cache, use_cache=True
-            ).logits[0].float()  # [num_nodes, vocab]
+                input_ids=trie.tokens[None], position_ids=positions, attention_mask=mask, use_cache=True,
+                **self._cache_argument).logits[0].float()  # [num_nodes, vocab]
         return ScoredDrafts(trie, past, logits[trie.node_of], features[0] if features else None)
 
     def commit(self, scored: ScoredDrafts, candidate: int, num_accepted: int) -> CommittedTokens:

@@ -3,12 +3,12 @@ drafts worse than K = 1; sampled verification never gets such non-i.i.d. candida
 
 import pytest
 import torch
-
 from conftest import tiny_causal_lm
+
 from specdiff.drafters import AutoregressiveDrafter
 from specdiff.drafters.diffusion import DiffusionDrafter
+from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.engine import DecodingConfig, speculative_generate
-from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.sampling import SamplingConfig, make_first_candidate_greedy
 from specdiff.verifier import Verifier
 

@@ -2,11 +2,18 @@
 
 import pytest
 import torch
-
 from conftest import tiny_causal_lm
-from specdiff import AutoregressiveDrafter, DecodingConfig, DiffusionDrafter, SamplingConfig, Verifier, speculative_generate
+
+from specdiff import (
+    AutoregressiveDrafter,
+    DecodingConfig,
+    DiffusionDrafter,
+    SamplingConfig,
+    Verifier,
+    speculative_generate,
+)
 from specdiff.cli import main
-from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +75,6 @@ def test_cli_reports_unknown_model(capsys, tmp_path):
     assert "cannot load" in capsys.readouterr().err
 
 
-def test_cli_default_gamma_is_the_decoding_configs():
-    import argparse
-
-    from specdiff.cli import add_decoding_args
-
-    parser = argparse.ArgumentParser()
-    add_decoding_args(parser)
-    assert parser.get_default("gamma") == DecodingConfig.gamma
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--temperature", "inf"], "--temperature/--top-k/--top-p: temperature must be a finite number"),
     (["--temperature", "nan"], "temperature must be a finite number"),
@@ -100,7 +97,8 @@ def test_tiny_temperature_samples_the_argmax(verifier):
 
 def test_whitespace_prompt_is_empty():
     from conftest import tiny_tokenizer
-    from specdiff.models.loading import encode_prompt
+
+    from specdiff.prompting import encode_prompt
 
     with pytest.raises(ValueError, match="prompt is empty"):
         encode_prompt(tiny_tokenizer(), " \n\t ")

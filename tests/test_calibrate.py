@@ -7,13 +7,13 @@ import sys
 
 import pytest
 import torch
+from conftest import RunsCode
 from safetensors.torch import load_file
 
-from conftest import RunsCode
 from specdiff.calibrate.losses import ce_loss, ce_streak_loss, expected_streak, streak_loss
 from specdiff.calibrate.train import TrainConfig, train
 from specdiff.calibrate.windows import make_windows
-from specdiff.models.drafter_loading import load_drafter
+from specdiff.drafters.loading import load_drafter
 
 
 def test_streak_loss_is_minus_expected_accepted_length():

@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import RunsCode, tiny_causal_lm
 from safetensors.torch import load_file, save_file
 
-from conftest import RunsCode, tiny_causal_lm
 from specdiff import DecodingConfig, SamplingConfig, Verifier, autoregressive_generate, speculative_generate
 from specdiff.drafters.conditioned import ConditionedDrafter
 from specdiff.drafters.dflash_files import DrafterMismatchError, load_dflash, save_dflash
 from specdiff.drafters.dflash_network import DFlashNetwork, default_target_layer_ids, dflash_config
-from specdiff.models.drafter_loading import load_drafter
+from specdiff.drafters.loading import load_drafter
 
 PROMPTS = [[1, 2, 3, 4, 5], [7], [30, 2, 2, 2, 9, 14, 3, 3, 0, 1, 20]]
 LAYER_IDS = [0, 2]

@@ -5,14 +5,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import tiny_causal_lm
 from safetensors.torch import load_file
 
-from conftest import tiny_causal_lm
 from specdiff.calibrate.dflash_train import DFlashTrainConfig, build_network, train_dflash
 from specdiff.calibrate.losses import ce_decay_loss
 from specdiff.calibrate.windows import make_anchor_blocks
 from specdiff.drafters.dflash_files import is_dflash_folder
-from specdiff.models.drafter_loading import load_drafter
+from specdiff.drafters.loading import load_drafter
 
 
 def test_anchor_blocks_see_the_context_before_their_anchor_and_themselves():
@@ -98,3 +98,13 @@ def test_resume_with_another_loss_is_refused(tiny_dflash_run, tmp_path):
     assert train_dflash(tiny_dflash_run, tmp_path / "run", stop_after=2) is None
     with pytest.raises(ValueError, match=r"--loss \('ce_decay' there, 'streak' now\)"):
         train_dflash(replace(tiny_dflash_run, loss="streak"), tmp_path / "run")
+
+
+def test_feature_cache_changes_nothing_but_the_cost(tiny_dflash_run, tmp_path):
+    plain = train_dflash(tiny_dflash_run, tmp_path / "plain")
+    cached_cfg = replace(tiny_dflash_run, feature_cache=str(tmp_path / "features"))
+    cached = train_dflash(cached_cfg, tmp_path / "cached")
+    assert len(list((tmp_path / "features").glob("*.safetensors"))) >= 2  # 6 draws from 5 records
+    again = train_dflash(cached_cfg, tmp_path / "again")  # every sequence read back from the cache
+    first, second, third = (load_file(str(f / "model.safetensors")) for f in (plain, cached, again))
+    assert all(torch.equal(first[k], second[k]) and torch.equal(first[k], third[k]) for k in first)

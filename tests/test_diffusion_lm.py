@@ -1,11 +1,10 @@
 import pytest
 import torch
-
 from conftest import tiny_causal_lm
+
 from specdiff.drafters.base import Accepted
 from specdiff.drafters.diffusion import DiffusionDrafter, block_attention_mask, chunk_bounds
-from specdiff.models.diffusion_lm import DiffusionLM, DiffusionLMConfig
-from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.sampling import SamplingConfig
 
 
@@ -24,12 +23,6 @@ def test_truncated_stack_keeps_first_layers_and_head():
     assert len(network.layers) == 1
     assert torch.equal(network.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
     assert torch.equal(network.lm_head.weight, base.lm_head.weight)
-
-
-def test_mask_token_is_outside_the_vocabulary():
-    network = DiffusionLM(DiffusionLMConfig(32, 16, 32, 1, 2, 1, 8))
-    assert network.config.mask_token_id == 32
-    assert network.lm_head.out_features == 32
 
 
 def test_block_mask_is_prefix_causal_and_block_bidirectional():

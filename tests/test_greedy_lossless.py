@@ -2,11 +2,19 @@
 
 import pytest
 import torch
-
 from conftest import tiny_causal_lm
-from specdiff import (AutoregressiveDrafter, DecodingConfig, DiffusionDrafter, SamplingConfig, Verifier,
-                      autoregressive_generate, speculative_generate, stream_generate)
-from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+
+from specdiff import (
+    AutoregressiveDrafter,
+    DecodingConfig,
+    DiffusionDrafter,
+    SamplingConfig,
+    Verifier,
+    autoregressive_generate,
+    speculative_generate,
+    stream_generate,
+)
+from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 
 PROMPTS = [[1, 2, 3, 4, 5], [7], [30, 2, 2, 2, 9, 14, 3, 3, 0, 1, 20]]
 

@@ -4,13 +4,13 @@ import importlib.util
 import os
 
 import pytest
-import torch
 
 from specdiff import AutoregressiveDrafter, DecodingConfig, Verifier, autoregressive_generate, speculative_generate
-from specdiff.equality import explain_divergence
-from specdiff.models.loading import encode_prompt, eos_token_ids, load_causal_lm
+from specdiff.bench.equality import explain_divergence
+from specdiff.models.loading import load_causal_lm
 from specdiff.models.prepare import ModelUnavailableError, find_parts, is_prepared, prepare
 from specdiff.models.registry import PACKAGED_MODELS
+from specdiff.prompting import encode_prompt, eos_token_ids
 
 SMOL = PACKAGED_MODELS["smollm2-135m-instruct"]
 needs_smol = pytest.mark.skipif(

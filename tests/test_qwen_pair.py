@@ -5,8 +5,9 @@ import importlib.util
 import pytest
 
 from specdiff import AutoregressiveDrafter, DecodingConfig, Verifier, autoregressive_generate, speculative_generate
-from specdiff.equality import explain_divergence
-from specdiff.models.loading import encode_prompt, eos_token_ids, load_causal_lm
+from specdiff.bench.equality import explain_divergence
+from specdiff.models.loading import load_causal_lm
+from specdiff.prompting import encode_prompt, eos_token_ids
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,7 +46,7 @@ def test_qwen_ar_drafter_reproduces_verifier_greedy(qwen_pair):
 
 def test_shipped_diffusion_drafter_reproduces_verifier_greedy(qwen_pair):
     from specdiff import DiffusionDrafter, SamplingConfig
-    from specdiff.models.drafter_loading import load_drafter
+    from specdiff.drafters.loading import load_drafter
 
     verifier_model, _, tokenizer = qwen_pair
     drafter, _ = load_drafter("specdiff-qwen2.5-coder-1.5b")

@@ -1,9 +1,9 @@
 import torch
-
 from conftest import tiny_causal_lm
+
 from specdiff import DecodingConfig, DiffusionDrafter, Verifier, autoregressive_generate, speculative_generate
 from specdiff.calibrate.evaluate import ReplayStats, TrajectoryVerifier, replay
-from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 
 
 def test_replay_matches_the_real_speculative_run():

@@ -10,13 +10,12 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import tiny_causal_lm
 from exact import distribution_tv, expected_sampling_tv, sequence_distribution, total_variation
-from specdiff import AutoregressiveDrafter, DecodingConfig, DiffusionDrafter, Draft, SamplingConfig, Verifier
-from specdiff import engine
+
+from specdiff import AutoregressiveDrafter, DecodingConfig, DiffusionDrafter, Draft, SamplingConfig, Verifier, engine
 from specdiff.acceptance import Acceptance
-from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 
 NUM_SAMPLES = 3000
 TV_BOUND = 0.06

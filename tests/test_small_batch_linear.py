@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_causal_lm
+
 from specdiff.models.small_batch_linear import SmallBatchLinear, small_batch_linear, use_small_batch_linear
 
 

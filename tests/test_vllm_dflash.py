@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from specdiff.bench.equality import TIE_MARGIN, explain_divergence
 from specdiff.drafters.conditioned import ConditionedDrafter
 from specdiff.drafters.dflash_files import load_dflash, save_dflash
 from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
 from specdiff.engine import DecodingConfig, autoregressive_generate
-from specdiff.equality import TIE_MARGIN, explain_divergence
-from specdiff.models.loading import encode_prompt, load_causal_lm
+from specdiff.models.loading import load_causal_lm
 from specdiff.models.prepare import prepare
+from specdiff.prompting import encode_prompt
 from specdiff.verifier import Verifier
 
 ROOT = Path(__file__).resolve().parent.parent

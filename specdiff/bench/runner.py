@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from specdiff.bench.datasets import load_prompts
 from specdiff.bench.methods import METHODS, MethodSettings, build_methods, check_method_names
-from specdiff.models.loading import encode_conversation
+from specdiff.models.registry import DEFAULT_VERIFIER
+from specdiff.prompting import encode_conversation
 
 PRESETS = {
     "quick": dict(dataset="humaneval", limit=3, max_new_tokens=64),
@@ -32,7 +33,7 @@ class BenchConfig:
     limit: int = 20  # prompts per category
     methods: str = ",".join(METHODS)
     max_new_tokens: int = 128
-    verifier: str = "qwen2.5-coder-1.5b-instruct"
+    verifier: str = DEFAULT_VERIFIER
     chat: bool = True
     all_turns: bool = False  # multi-turn prompts: every turn, the verifier's own answers as history
     settings: MethodSettings = field(default_factory=MethodSettings)
@@ -154,7 +155,7 @@ def _history_answer(records, methods, question_id, prompt_ids, model, tokenizer,
         if (name, question_id) in records:
             return records[(name, question_id)]["token_ids"]
     from specdiff.engine import DecodingConfig, autoregressive_generate
-    from specdiff.models.loading import eos_token_ids
+    from specdiff.prompting import eos_token_ids
     from specdiff.verifier import Verifier
 
     return autoregressive_generate(prompt_ids, Verifier(model), DecodingConfig(max_new_tokens=config.max_new_tokens),

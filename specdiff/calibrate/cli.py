@@ -68,7 +68,7 @@ def cmd_eval(args) -> int:
     from specdiff.bench.datasets import load_prompts
     from specdiff.calibrate.evaluate import replay_eval, verifier_trajectories
     from specdiff.drafters.dflash_files import is_dflash_folder
-    from specdiff.models.drafter_loading import load_drafter
+    from specdiff.drafters.loading import load_drafter
     from specdiff.models.loading import load_causal_lm
 
     out = Path(args.out)
@@ -98,10 +98,11 @@ def cmd_eval(args) -> int:
 def register_eval(sub) -> None:
     evaluate = sub.add_parser("eval", help="tau and per-position acceptance along the verifier's greedy trajectories")
     evaluate.add_argument("--drafters", nargs="+", required=True)
-    from specdiff.models.drafter_loading import DRAFTER_KINDS
+    from specdiff.drafters.loading import DRAFTER_KINDS
+    from specdiff.models.registry import DEFAULT_VERIFIER
 
     evaluate.add_argument("--drafter-kind", default="auto", choices=DRAFTER_KINDS)
-    evaluate.add_argument("--verifier", default="qwen2.5-coder-1.5b-instruct")
+    evaluate.add_argument("--verifier", default=DEFAULT_VERIFIER)
     evaluate.add_argument("--dataset", default="humaneval")
     evaluate.add_argument("--data-path", default=None)
     evaluate.add_argument("--limit", type=int, default=20, help="prompts per category")

@@ -19,6 +19,7 @@ from torch import Tensor
 class TrainingSequence:
     ids: Tensor  # [seq_len] int64
     first_start: int  # earliest window start (the last token before what is predicted)
+    key: str = ""  # names the sequence for caches (teacher records: their index)
 
 
 class TextSequences:
@@ -44,9 +45,10 @@ class TeacherSequences:
         self.max_seq_len = max_seq_len
 
     def draw(self, rng: random.Random) -> TrainingSequence:
-        record = self.records[rng.randrange(len(self.records))]
+        index = rng.randrange(len(self.records))
+        record = self.records[index]
         ids = (record["prompt_ids"] + record["completion_ids"])[: self.max_seq_len]
-        return TrainingSequence(torch.tensor(ids), len(record["prompt_ids"]) - 1)
+        return TrainingSequence(torch.tensor(ids), len(record["prompt_ids"]) - 1, f"{index:06d}")
 
 
 def step_rng(seed: int, step: int, rank: int) -> random.Random:

@@ -14,6 +14,9 @@ the draft layers (with their q/k/v biases, so the config gets ``attention_bias``
 bias starts at zero) and its final norm into ``norm``; ``fc`` starts by passing the deepest
 target layer through. ``random`` is transformers' default initialisation.
 
+With ``feature_cache`` the verifier's hidden states of each sequence are kept on disk in
+fp16 after their first use, so later epochs cost only the drafter's own pass.
+
 Checkpoints hold the drafter in vLLM's layout plus optimizer, scheduler and step
 (``trainer.pt``, loaded with ``weights_only``); data is a pure function of (seed, step),
 so an interrupted run resumes exactly.
@@ -30,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -39,6 +43,7 @@ from specdiff.calibrate.train import check_run_folder, latest_checkpoint, load_t
 from specdiff.calibrate.windows import WindowBatch, make_anchor_blocks
 from specdiff.drafters.dflash_files import load_dflash, save_dflash
 from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
+from specdiff.models.registry import DEFAULT_VERIFIER
 from specdiff.verifier import Verifier
 
 INITS = ("verifier", "random")
@@ -46,7 +51,7 @@ INITS = ("verifier", "random")
 
 @dataclass(frozen=True)
 class DFlashTrainConfig:
-    verifier: str = "qwen2.5-coder-1.5b-instruct"
+    verifier: str = DEFAULT_VERIFIER
     teacher: str = "runs/teacher"  # `specdiff calibrate data` output (use --temperature 0: greedy)
     num_layers: int = 1
     target_layers: str = ""  # comma-separated verifier layer ids; empty: DFlash's default
@@ -60,6 +65,7 @@ class DFlashTrainConfig:
     max_seq_len: int = 384
     checkpoint_every: int = 20
     seed: int = 0
+    feature_cache: str = ""  # folder for the verifier's fp16 hidden states per sequence ("": recompute each time)
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -97,19 +103,45 @@ def init_from_verifier(network: DFlashNetwork, verifier_model) -> None:
     network.fc.weight[:, -hidden:] = torch.eye(hidden)
 
 
+class FeatureCache:
+    """The frozen verifier's hidden states of each training sequence, computed once and kept
+    on disk in fp16 (``features/<key>.safetensors``): later epochs skip the verifier pass.
+    Fresh features are rounded to fp16 too, so a run reads the same numbers whether or not
+    a sequence was cached (exact resume)."""
+
+    def __init__(self, folder: Path | None, verifier_model, layer_ids: list[int]):
+        self.folder, self.layer_ids = folder, list(layer_ids)
+        self.verifier = Verifier(verifier_model)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def features(self, ids: torch.Tensor, key: str) -> torch.Tensor:
+        """[seq_len - 1, F] float32 for ids [seq_len]: every token a block can see."""
+        path = self.folder / f"{key}.safetensors" if self.folder is not None and key else None
+        if path is not None and path.is_file():
+            stored = load_file(str(path))
+            if stored["ids"].equal(ids) and stored["layers"].tolist() == self.layer_ids:
+                return stored["features"].float()
+        features = self.verifier.prefill(ids[None], self.layer_ids).to(torch.float16)
+        if path is not None:
+            partial = path.with_suffix(".partial")
+            save_file({"features": features, "ids": ids, "layers": torch.tensor(self.layer_ids)}, str(partial))
+            os.replace(partial, path)
+        return features.float()
+
+
 class BlockObjective(nn.Module):
     """Loss of one batch of anchor blocks over one sequence; the module DDP would wrap."""
 
-    def __init__(self, network: DFlashNetwork, verifier_model):
+    def __init__(self, network: DFlashNetwork, verifier_model, cache_folder: Path | None = None):
         super().__init__()
         self.network = network
-        self._verifier = [Verifier(verifier_model)]  # not a submodule: frozen, never trained or saved
+        self._features = [FeatureCache(cache_folder, verifier_model, network.target_layer_ids)]  # not a submodule
         self.embedding = verifier_model.get_input_embeddings()
         self.lm_head = verifier_model.get_output_embeddings()
 
-    def forward(self, ids: torch.Tensor, blocks: WindowBatch, loss_name: str):
-        # [seq_len - 1, F]: hidden states of every token a block can see (anchors <= seq_len - 2)
-        features = self._verifier[0].prefill(ids[None], self.network.target_layer_ids).clone()
+    def forward(self, ids: torch.Tensor, blocks: WindowBatch, loss_name: str, key: str = ""):
+        features = self._features[0].features(ids, key)  # [seq_len - 1, F]
         context = self.network.context_kv(features[None], torch.arange(len(features))[None])
         seq_len = ids.shape[0]  # the last token has no feature; no block can see it anyway
         mask = torch.cat([blocks.attn_mask[..., : len(features)], blocks.attn_mask[..., seq_len:]], dim=-1)[:, None]
@@ -161,14 +193,14 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
     from specdiff.models.loading import load_causal_lm
 
     out = Path(out_dir)
-    check_run_folder(cfg, out, resumable_changes=("steps", "checkpoint_every"))
+    check_run_folder(cfg, out, resumable_changes=("steps", "checkpoint_every", "feature_cache"))
     sequences = TeacherSequences(read_shards(cfg.teacher), cfg.max_seq_len)
     verifier_model, _ = load_causal_lm(cfg.verifier)
     verifier_model.requires_grad_(False)
     network = build_network(cfg, verifier_model)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    objective = BlockObjective(network, verifier_model)
+    objective = BlockObjective(network, verifier_model, Path(cfg.feature_cache) if cfg.feature_cache else None)
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=0.0)
     warmup = max(1, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
@@ -182,7 +214,7 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
             blocks = make_anchor_blocks(sequence.ids, window_starts(sequence, cfg.anchors_per_step, rng), cfg.gamma,
                                         network.mask_token_id)
             started = time.perf_counter()
-            loss, log_q, greedy_hit = objective(sequence.ids, blocks, cfg.loss)
+            loss, log_q, greedy_hit = objective(sequence.ids, blocks, cfg.loss, sequence.key)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

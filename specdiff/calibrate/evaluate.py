@@ -13,7 +13,6 @@ single-token pass, true except at float-noise ties.)
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +127,8 @@ def verifier_trajectories(prompts, verifier_spec: str, max_new_tokens: int, out:
     from tqdm.auto import tqdm
 
     from specdiff.engine import DecodingConfig, autoregressive_generate
-    from specdiff.models.loading import encode_prompt, eos_token_ids, load_causal_lm
+    from specdiff.models.loading import load_causal_lm
+    from specdiff.prompting import encode_prompt, eos_token_ids
     from specdiff.verifier import Verifier
 
     done = load_trajectories(out)

@@ -15,7 +15,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-CODE_INSTRUCTION = "Complete this Python function.\n\n"
+from specdiff.prompting import CODE_INSTRUCTION
 
 
 def gsm8k_prompts(path: str | Path) -> list[str]:

@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from specdiff.models.registry import DEFAULT_VERIFIER
+
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    verifier: str = "qwen2.5-coder-1.5b-instruct"
+    verifier: str = DEFAULT_VERIFIER
     gsm8k: str = "../shared/data/gsm8k/train.jsonl"
     num_prompts: int = 256
     completions_per_prompt: int = 1
@@ -47,7 +49,7 @@ def read_shards(out_dir: str | Path) -> list[dict]:
 
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: list[str], config: TeacherConfig, seed: int) -> list[dict]:
-    from specdiff.models.loading import encode_prompt, eos_token_ids
+    from specdiff.prompting import encode_prompt, eos_token_ids, truncate_at_eos
 
     encoded = [encode_prompt(tokenizer, text)[0] for text in prompts]
     width = max(len(ids) for ids in encoded)
@@ -67,9 +69,7 @@ def generate_batch(model, tokenizer, prompts: list[str], config: TeacherConfig, 
     stops = eos_token_ids(model, tokenizer)
     records = []
     for row, ids in enumerate(encoded):
-        completion = output[row, width:].tolist()
-        end = next((i for i, token in enumerate(completion) if token in stops), None)
-        completion = completion[: end + 1] if end is not None else completion
+        completion, _ = truncate_at_eos(output[row, width:].tolist(), stops)
         records.append({"prompt_ids": ids.tolist(), "completion_ids": completion})
     return records
 

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from specdiff.calibrate.data import TeacherSequences, TextSequences, step_rng, window_starts
 from specdiff.calibrate.losses import expected_streak, window_loss
 from specdiff.calibrate.windows import WindowBatch, make_windows
-from specdiff.models.diffusion_lm import DiffusionLM
-from specdiff.models.drafter_files import DRAFTER_DELTAS, load_deltas, save_drafter
+from specdiff.drafters.diffusion_network import DiffusionLM
+from specdiff.drafters.files import DRAFTER_DELTAS, load_deltas, save_drafter
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def build_network(cfg: TrainConfig):
-    from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+    from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
     from specdiff.models.loading import load_causal_lm
 
     base, tokenizer = load_causal_lm(cfg.base)

@@ -9,6 +9,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from specdiff.drafters.base import Accepted, Draft
+from specdiff.models.loading import cache_keyword
 from specdiff.sampling import SamplingConfig, choose_tokens, make_first_candidate_greedy
 
 
@@ -41,7 +42,8 @@ class AutoregressiveDrafter:
 
     def _forward(self, input_ids: Tensor, cache: DynamicCache) -> Tensor:
         """input_ids [B, T] -> logits of the last position [B, vocab] (float32)."""
-        return self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        cache_argument = {cache_keyword(type(self.model)): cache}
+        return self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_argument).logits[:, -1].float()
 
     @torch.inference_mode()
     def draft(

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from specdiff.drafters.base import Accepted, Draft
-from specdiff.models.diffusion_lm import DiffusionLM, KVCache
+from specdiff.drafters.diffusion_network import DiffusionLM, KVCache
 from specdiff.sampling import SamplingConfig, choose_tokens, drafts_from_marginals, make_first_candidate_greedy
 
 

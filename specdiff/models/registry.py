@@ -36,6 +36,8 @@ def _split(dist_prefix: str, count: int, version: str) -> dict:
     )
 
 
+DEFAULT_VERIFIER = "qwen2.5-coder-1.5b-instruct"
+
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     model.name: model
     for model in (

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from specdiff.models.diffusion_lm import DiffusionLM
-from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.diffusion_network import DiffusionLM
+from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 
 DRAFTER_CONFIG = "drafter.json"
 DRAFTER_DELTAS = "deltas.safetensors"

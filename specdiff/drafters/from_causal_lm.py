@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from specdiff.models.diffusion_lm import DiffusionLM, DiffusionLMConfig
+from specdiff.drafters.diffusion_network import DiffusionLM, DiffusionLMConfig
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 

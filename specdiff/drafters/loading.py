@@ -12,8 +12,8 @@ from specdiff.drafters import AutoregressiveDrafter, DiffusionDrafter
 from specdiff.drafters.conditioned import ConditionedDrafter
 from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_dflash
 from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
-from specdiff.models.drafter_files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, load_diffusion_lm, shipped_drafter_dir
-from specdiff.models.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, load_diffusion_lm, shipped_drafter_dir
+from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.models.loading import DTYPES, load_causal_lm, resolve_model_folder
 
 DRAFTER_KINDS = ("auto", "ar", "diffusion", "dflash")
