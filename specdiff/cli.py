@@ -34,10 +34,12 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
+    from specdiff.drafters.loading import DRAFTER_KINDS
+
     parser.add_argument("--verifier", default=DEFAULT_VERIFIER, help="named model, local folder or Hub id")
     parser.add_argument("--drafter", default=DEFAULT_DRAFTER,
                         help="named drafter, saved diffusion drafter folder, causal LM, or 'none' for plain decoding")
-    parser.add_argument("--drafter-kind", default="auto", choices=("auto", "ar", "diffusion", "dflash"),
+    parser.add_argument("--drafter-kind", default="auto", choices=DRAFTER_KINDS,
                         help="diffusion: cut an untrained diffusion drafter from a causal LM; dflash: an untrained "
                              "DFlash drafter for the verifier --drafter names (auto recognises saved folders)")
     parser.add_argument("--drafter-layers", type=int, default=None,
