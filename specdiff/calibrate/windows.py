@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from specdiff.drafters.diffusion import block_visibility
+
 
 @dataclass(frozen=True)
 class WindowBatch:
@@ -36,9 +38,8 @@ def make_windows(ids: Tensor, starts: Tensor, gamma: int, mask_token_id: int) ->
     valid = target_index < seq_len
     targets = torch.where(valid, ids[target_index.clamp(max=seq_len - 1)], 0)
     prefix_visible = torch.arange(seq_len)[None, None, :] < starts[:, None, None]  # [W, 1, seq_len]
-    block_visible = torch.ones(gamma, gamma, dtype=torch.bool)
-    block_visible[0, 1:] = False
-    attn_mask = torch.cat([prefix_visible.expand(-1, gamma, -1), block_visible.expand(len(starts), -1, -1)], dim=-1)
+    attn_mask = torch.cat([prefix_visible.expand(-1, gamma, -1), block_visibility(gamma).expand(len(starts), -1, -1)],
+                          dim=-1)
     return WindowBatch(block_ids, positions, attn_mask, targets, valid.float())
 
 

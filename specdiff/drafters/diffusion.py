@@ -35,14 +35,24 @@ def chunk_bounds(gamma: int, steps: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+def block_visibility(block: int) -> Tensor:
+    """[block, block] bool: what each row of a draft block sees of the block. Row 0 (the
+    last committed token) sees itself only, as in a causal pass; rows 1.. (MASK slots) see
+    the whole block. Training windows and drafting use this one definition."""
+    visible = torch.ones(block, block, dtype=torch.bool)
+    visible[0, 1:] = False
+    return visible
+
+
 def block_attention_mask(num_past: int, num_causal: int, block: int) -> Tensor:
     """[1, num_causal + block, num_past + num_causal + block] bool (True = attend).
 
-    The ``num_causal`` new prefix rows and block row 0 attend causally; block rows 1..
-    attend to everything before the block and to the whole block."""
+    The ``num_causal`` new prefix rows attend causally; block rows attend to everything
+    before the block and to the block as ``block_visibility`` says."""
     rows = num_causal + block
     mask = torch.ones(rows, num_past + rows, dtype=torch.bool)
-    mask[: num_causal + 1, num_past:] = torch.ones(num_causal + 1, rows, dtype=torch.bool).tril()
+    mask[:num_causal, num_past:] = torch.ones(num_causal, rows, dtype=torch.bool).tril()
+    mask[num_causal:, num_past + num_causal:] = block_visibility(block)
     return mask[None]
 
 
