@@ -20,7 +20,6 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
                         help=f"draft length (default {DecodingConfig.gamma}: fastest measured on a CPU; "
                              "on GPUs, where a 17-token verification pass costs about as much as a 1-token one, "
                              "try the paper's 16)")
-    parser.add_argument("--steps", type=int, default=1, help="denoising passes per draft (diffusion drafters)")
     parser.add_argument("--num-drafts", type=int, default=1, help="K drafts per step (self-selection)")
     parser.add_argument("--temperature", type=float, default=0.0, help="verifier temperature, 0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -34,17 +33,14 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    from specdiff.drafters.loading import DRAFTER_KINDS
+    from specdiff.config_args import add_dataclass_args
+    from specdiff.drafters.loading import DrafterConfig
 
     parser.add_argument("--verifier", default=DEFAULT_VERIFIER, help="named model, local folder or Hub id")
     parser.add_argument("--drafter", default=DEFAULT_DRAFTER,
-                        help="named drafter, saved diffusion drafter folder, causal LM, or 'none' for plain decoding")
-    parser.add_argument("--drafter-kind", default="auto", choices=DRAFTER_KINDS,
-                        help="diffusion: cut an untrained diffusion drafter from a causal LM; dflash: an untrained "
-                             "DFlash drafter for the verifier --drafter names (auto recognises saved folders)")
-    parser.add_argument("--drafter-layers", type=int, default=None,
-                        help="layers of an untrained drafter (diffusion: cut from the causal LM, default all; dflash: 1)")
-    parser.add_argument("--drafter-block-size", type=int, default=8, help="block size of an untrained DFlash drafter")
+                        help="named drafter, saved diffusion drafter folder, DFlash-layout folder, causal LM, "
+                             "or 'none' for plain decoding")
+    add_dataclass_args(parser, DrafterConfig, prefix="drafter_")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
 
 
@@ -67,25 +63,25 @@ def decoding_config(args):
     if args.draft_temperature is not None:
         with naming_flag("--draft-temperature"):
             draft_sampling = SamplingConfig(temperature=args.draft_temperature)
-    if args.steps < 1:
-        raise ValueError(f"steps (denoising passes) must be >= 1, got {args.steps}")
     return DecodingConfig(gamma=args.gamma, num_drafts=args.num_drafts, max_new_tokens=args.max_new_tokens,
                           sampling=sampling, draft_sampling=draft_sampling, seed=args.seed,
                           argmax_candidate=args.argmax_candidate)
 
 
 def load_pair(args):
-    """(verifier model, tokenizer, drafter or None); checks the tokenizers match."""
-    from specdiff.drafters.loading import check_drafter_spec, load_drafter
+    """(verifier model, tokenizer, drafter or None); checks the tokenizers match. Settings
+    and the drafter spec are checked before any model loads."""
+    from specdiff.config_args import dataclass_from_args
+    from specdiff.drafters.loading import DrafterConfig, check_drafter_spec, load_drafter
     from specdiff.models.loading import check_same_tokenizer, load_causal_lm
 
+    drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
     if args.drafter.lower() != "none":
         check_drafter_spec(args.drafter)
     model, tokenizer = load_causal_lm(args.verifier, args.dtype)
     drafter = None
     if args.drafter.lower() != "none":
-        drafter, drafter_tokenizer = load_drafter(args.drafter, args.drafter_kind, args.drafter_layers,
-                                                  args.steps, args.dtype, model, args.drafter_block_size)
+        drafter, drafter_tokenizer = load_drafter(args.drafter, drafter_config, args.dtype, model)
         if drafter_tokenizer is not None:  # DFlash drafters use the verifier's own embedding and head
             check_same_tokenizer(tokenizer, drafter_tokenizer)
     return model, tokenizer, drafter

@@ -68,7 +68,7 @@ def cmd_eval(args) -> int:
     from specdiff.bench.datasets import load_prompts
     from specdiff.calibrate.evaluate import replay_eval, verifier_trajectories
     from specdiff.drafters.dflash_files import is_dflash_folder
-    from specdiff.drafters.loading import load_drafter
+    from specdiff.drafters.loading import DrafterConfig, load_drafter
     from specdiff.models.loading import load_causal_lm
 
     out = Path(args.out)
@@ -78,10 +78,11 @@ def cmd_eval(args) -> int:
     plain_tps = sum(len(r["trajectory"]) for r in trajectories.values()) / sum(r["seconds"] for r in trajectories.values())
     results = {}
     verifier_model = None  # DFlash drafters read its hidden states (one teacher-forced pass per trajectory)
-    if args.drafter_kind == "dflash" or any(is_dflash_folder(spec) for spec in args.drafters):
+    drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
+    if drafter_config.kind == "dflash" or any(is_dflash_folder(spec) for spec in args.drafters):
         verifier_model, _ = load_causal_lm(args.verifier)
     for spec in args.drafters:
-        drafter, _ = load_drafter(spec, args.drafter_kind, verifier_model=verifier_model)
+        drafter, _ = load_drafter(spec, drafter_config, verifier_model=verifier_model)
         for num_drafts in args.num_drafts:
             stats = replay_eval(drafter, trajectories, args.gamma, num_drafts, args.draft_temperature, args.seed,
                                 verifier_model)
@@ -98,10 +99,10 @@ def cmd_eval(args) -> int:
 def register_eval(sub) -> None:
     evaluate = sub.add_parser("eval", help="tau and per-position acceptance along the verifier's greedy trajectories")
     evaluate.add_argument("--drafters", nargs="+", required=True)
-    from specdiff.drafters.loading import DRAFTER_KINDS
+    from specdiff.drafters.loading import DrafterConfig
     from specdiff.models.registry import DEFAULT_VERIFIER
 
-    evaluate.add_argument("--drafter-kind", default="auto", choices=DRAFTER_KINDS)
+    add_dataclass_args(evaluate, DrafterConfig, prefix="drafter_")
     evaluate.add_argument("--verifier", default=DEFAULT_VERIFIER)
     evaluate.add_argument("--dataset", default="humaneval")
     evaluate.add_argument("--data-path", default=None)

@@ -4,6 +4,7 @@ DFlash drafter, or an autoregressive causal LM."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +18,31 @@ from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.models.loading import DTYPES, load_causal_lm, resolve_model_folder
 
 DRAFTER_KINDS = ("auto", "ar", "diffusion", "dflash")
+
+
+@dataclass(frozen=True)
+class DrafterConfig:
+    """How ``load_drafter`` builds a drafter from its spec (CLI: ``--drafter-<field>``)."""
+
+    kind: str = field(default="auto", metadata={
+        "choices": DRAFTER_KINDS,
+        "help": "auto recognises saved folders; diffusion: cut an untrained diffusion drafter from a causal LM; "
+                "dflash: an untrained DFlash drafter for the verifier --drafter names"})
+    layers: int | None = field(default=None, metadata={
+        "help": "layers of an untrained drafter (diffusion: cut from the causal LM, default all; dflash: 1)"})
+    steps: int = field(default=1, metadata={"aliases": ("--steps",),
+                                            "help": "denoising passes per draft (standalone diffusion drafters)"})
+    block_size: int = field(default=8, metadata={"help": "block size of an untrained DFlash drafter"})
+
+    def __post_init__(self) -> None:
+        if self.kind not in DRAFTER_KINDS:
+            raise ValueError(f"drafter kind must be one of {', '.join(DRAFTER_KINDS)}, got {self.kind!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps (denoising passes) must be >= 1, got {self.steps}")
+        if self.layers is not None and self.layers < 1:
+            raise ValueError(f"drafter layers must be >= 1, got {self.layers}")
+        if self.block_size < 2:
+            raise ValueError(f"drafter block size must be >= 2 (the last token and one slot), got {self.block_size}")
 
 
 def diffusion_folder(spec: str) -> Path | None:
@@ -34,24 +60,22 @@ def check_drafter_spec(spec: str) -> None:
         resolve_model_folder(spec, other_names=(*SHIPPED_DRAFTERS, "none"))
 
 
-def load_drafter(spec: str, kind: str = "auto", num_layers: int | None = None, steps: int = 1,
-                 dtype: str = "float32", verifier_model=None, block_size: int = 8):
+def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str = "float32", verifier_model=None):
     """(drafter, tokenizer or None).
 
     kind "auto": a saved diffusion drafter or a DFlash folder if ``spec`` names one, else an
     autoregressive drafter. kind "diffusion" with a causal LM spec: an untrained (not
-    adapted) diffusion drafter from its first ``num_layers`` layers (default: all). kind
+    adapted) diffusion drafter from its first ``config.layers`` layers (default: all). kind
     "dflash" with a causal LM spec (the verifier): an untrained DFlash drafter of
-    ``num_layers`` layers (default 1) for it. DFlash drafters use the verifier's embedding
+    ``config.layers`` layers (default 1) for it. DFlash drafters use the verifier's embedding
     and head, so they need ``verifier_model`` and come without a tokenizer of their own."""
-    if kind not in DRAFTER_KINDS:
-        raise ValueError(f"drafter kind must be one of {', '.join(DRAFTER_KINDS)}, got {kind!r}")
+    kind, num_layers, steps = config.kind, config.layers, config.steps
     if kind in ("auto", "dflash") and is_dflash_folder(spec):
         _need_verifier(verifier_model)
         return ConditionedDrafter(load_dflash(spec, verifier_model.config, DTYPES[dtype]), verifier_model), None
     if kind == "dflash":
         _need_verifier(verifier_model)
-        return untrained_dflash(spec, verifier_model, num_layers or 1, block_size, dtype), None
+        return untrained_dflash(spec, verifier_model, num_layers or 1, config.block_size, dtype), None
     folder = diffusion_folder(spec)
     if folder is not None and kind in ("auto", "diffusion"):
         network, tokenizer = load_diffusion_lm(folder, dtype)
