@@ -54,11 +54,14 @@ def test_initialisation_copies_the_verifiers_last_layers(tiny_dflash_run, tiny_m
     from specdiff.models.loading import load_causal_lm
 
     verifier, _ = load_causal_lm(str(tiny_model_dir))
-    network = build_network(tiny_dflash_run, verifier)
+    network = build_network(tiny_dflash_run, verifier, torch.arange(12))
     assert network.config.attention_bias  # Qwen2's q/k/v biases are kept
     last = verifier.model.layers[-1]
     assert torch.equal(network.layers[0].mlp.down_proj.weight, last.mlp.down_proj.weight)
     assert torch.equal(network.layers[0].self_attn.q_proj.bias, last.self_attn.q_proj.bias)
+    assert torch.equal(network.hidden_norm.weight, last.input_layernorm.weight)
+    q_norm = network.layers[0].self_attn.q_norm.weight.detach()  # the copied layer's query scale, not 1
+    assert len(set(q_norm.tolist())) == 1 and float(q_norm[0]) > 0 and float(q_norm[0]) != 1.0
     random = build_network(replace(tiny_dflash_run, init="random"), verifier)
     assert not torch.equal(random.layers[0].mlp.down_proj.weight, last.mlp.down_proj.weight)
 

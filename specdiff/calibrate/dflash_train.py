@@ -74,7 +74,9 @@ class DFlashTrainConfig:
             raise ValueError("--num-layers, --gamma, --steps, --anchors-per-step and --checkpoint-every must be >= 1")
 
 
-def build_network(cfg: DFlashTrainConfig, verifier_model) -> DFlashNetwork:
+def build_network(cfg: DFlashTrainConfig, verifier_model, sample_ids: torch.Tensor | None = None) -> DFlashNetwork:
+    """The untrained network; ``sample_ids`` [seq_len] (a training sequence) calibrates the
+    q/k norm scales of a network initialised from the verifier."""
     layer_ids = [int(x) for x in cfg.target_layers.split(",") if x.strip()] or None
     from_verifier = cfg.init == "verifier"
     config = dflash_config(verifier_model.config, cfg.num_layers, cfg.gamma + 1, layer_ids,
@@ -83,14 +85,18 @@ def build_network(cfg: DFlashTrainConfig, verifier_model) -> DFlashNetwork:
         torch.manual_seed(cfg.seed)
         network = DFlashNetwork(config)
     if from_verifier:
-        init_from_verifier(network, verifier_model)
+        init_from_verifier(network, verifier_model, sample_ids)
     return network
 
 
 @torch.no_grad()
-def init_from_verifier(network: DFlashNetwork, verifier_model) -> None:
+def init_from_verifier(network: DFlashNetwork, verifier_model, sample_ids: torch.Tensor | None = None) -> None:
     """Draft layers <- the verifier's last layers (matching parameter names); norm <- its
-    final norm; fc <- pass the deepest target layer's features through."""
+    final norm; hidden_norm <- the first copied layer's input norm, so the context enters
+    the copied attention as that layer's input would; fc <- pass the deepest target
+    layer's features through. The verifier has no per-head q/k norms: they start at the
+    mean RMS of the copied layer's queries and keys over ``sample_ids``, so attention starts
+    about as sharp as the verifier's (unit norms would make it nearly uniform)."""
     source_layers = verifier_model.model.layers[-len(network.layers):]
     for draft_layer, source_layer in zip(network.layers, source_layers):
         source = dict(source_layer.named_parameters())
@@ -98,9 +104,34 @@ def init_from_verifier(network: DFlashNetwork, verifier_model) -> None:
             if name in source and source[name].shape == param.shape:
                 param.copy_(source[name])
     network.norm.weight.copy_(verifier_model.model.norm.weight)
+    network.hidden_norm.weight.copy_(source_layers[0].input_layernorm.weight)
+    if sample_ids is not None:
+        for draft_layer, (q_rms, k_rms) in zip(network.layers, _query_key_rms(verifier_model, source_layers, sample_ids)):
+            draft_layer.self_attn.q_norm.weight.fill_(q_rms)
+            draft_layer.self_attn.k_norm.weight.fill_(k_rms)
     hidden = network.config.hidden_size
     network.fc.weight.zero_()
     network.fc.weight[:, -hidden:] = torch.eye(hidden)
+
+
+def _query_key_rms(verifier_model, layers, sample_ids: torch.Tensor) -> list[tuple[float, float]]:
+    """Mean per-head RMS of each layer's q_proj and k_proj outputs over one sequence."""
+    head_dim = verifier_model.config.hidden_size // verifier_model.config.num_attention_heads
+    found: dict[tuple[int, str], float] = {}
+    handles = []
+    for index, layer in enumerate(layers):
+        for name in ("q_proj", "k_proj"):
+            def record(module, args, output, key=(index, name)):
+                heads = output.reshape(-1, output.shape[-1] // head_dim, head_dim).float()
+                found[key] = float(heads.pow(2).mean(-1).sqrt().mean())
+            handles.append(getattr(layer.self_attn, name).register_forward_hook(record))
+    try:
+        with torch.inference_mode():
+            verifier_model(input_ids=sample_ids[None])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(found[(i, "q_proj")], found[(i, "k_proj")]) for i in range(len(layers))]
 
 
 class FeatureCache:
@@ -197,7 +228,7 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
     sequences = TeacherSequences(read_shards(cfg.teacher), cfg.max_seq_len)
     verifier_model, _ = load_causal_lm(cfg.verifier)
     verifier_model.requires_grad_(False)
-    network = build_network(cfg, verifier_model)
+    network = build_network(cfg, verifier_model, sequences.draw(step_rng(cfg.seed, -1, 0)).ids)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     objective = BlockObjective(network, verifier_model, Path(cfg.feature_cache) if cfg.feature_cache else None)
