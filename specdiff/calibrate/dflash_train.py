@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,10 +34,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from specdiff.calibrate.data import TeacherSequences, step_rng, window_starts
-from specdiff.calibrate.losses import expected_streak, window_loss
+from specdiff.calibrate.loop import StepLog, adamw_with_warmup
+from specdiff.calibrate.losses import window_loss
 from specdiff.calibrate.train import check_run_folder, latest_checkpoint, load_trainer_state
 from specdiff.calibrate.windows import WindowBatch, make_anchor_blocks
 from specdiff.drafters.dflash_files import load_dflash, save_dflash
@@ -206,17 +205,6 @@ def _resume(out: Path, network, optimizer, scheduler, verifier_config) -> int:
     return state["step"]
 
 
-def _log_step(log, bar, step: int, loss, log_q, greedy_hit, blocks: WindowBatch, seconds: float) -> None:
-    streak = float(expected_streak(log_q, blocks.valid))
-    greedy = float(greedy_hit.cumprod(-1).sum(-1).mean())
-    slot_acc = (greedy_hit.sum(0) / blocks.valid.sum(0).clamp_min(1)).tolist()
-    bar.set_postfix(loss=f"{float(loss):.3f}", streak=f"{streak:.2f}", greedy=f"{greedy:.2f}")
-    bar.update(1)
-    log.write(json.dumps({"step": step, "loss": float(loss), "expected_streak": streak, "greedy_streak": greedy,
-                          "slot_acc": [round(x, 3) for x in slot_acc], "seconds": round(seconds, 2)}) + "\n")
-    log.flush()
-
-
 def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | None = None) -> Path | None:
     """Run (or resume) training; the final drafter folder, or None when ``stop_after``
     steps of this invocation ended it early (run again to resume)."""
@@ -232,13 +220,11 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     objective = BlockObjective(network, verifier_model, Path(cfg.feature_cache) if cfg.feature_cache else None)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=0.0)
-    warmup = max(1, cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    optimizer, scheduler = adamw_with_warmup(network.parameters(), cfg.lr, cfg.warmup_steps)
     step = _resume(out, network, optimizer, scheduler, verifier_model.config)
     stop_at = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    with open(out / "train.log", "a") as log, tqdm(total=cfg.steps, initial=step, desc="train-dflash",
-                                                     file=sys.stderr) as bar:
+    log = StepLog(out, cfg.steps, step, "train-dflash")
+    try:
         while step < stop_at:
             rng = step_rng(cfg.seed, step, 0)
             sequence = sequences.draw(rng)
@@ -251,9 +237,11 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
             optimizer.step()
             scheduler.step()
             step += 1
-            _log_step(log, bar, step, loss.detach(), log_q, greedy_hit, blocks, time.perf_counter() - started)
+            log.write(step, loss.detach(), log_q, greedy_hit, blocks.valid, time.perf_counter() - started)
             if step % cfg.checkpoint_every == 0 or step == stop_at:
                 save_checkpoint(out, network, optimizer, scheduler, step)
+    finally:
+        log.close()
     if step < cfg.steps:
         return None
     return save_dflash(network, out / "final")

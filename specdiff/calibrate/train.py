@@ -20,7 +20,6 @@ import json
 import os
 import pickle
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,10 +28,10 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from specdiff.calibrate.data import TeacherSequences, TextSequences, step_rng, window_starts
-from specdiff.calibrate.losses import expected_streak, window_loss
+from specdiff.calibrate.loop import StepLog, adamw_with_warmup, init_distributed
+from specdiff.calibrate.losses import window_loss
 from specdiff.calibrate.windows import WindowBatch, make_windows
 from specdiff.drafters.diffusion_network import DiffusionLM
 from specdiff.drafters.files import DRAFTER_DELTAS, load_deltas, save_drafter
@@ -166,47 +165,42 @@ def stage_data(cfg: TrainConfig, tokenizer):
     return adapt, align
 
 
+def _restore(out: Path, network, optimizer, scheduler) -> int:
+    """Load the latest complete checkpoint in ``out``, if any; the step to continue from."""
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        return 0
+    load_deltas(network, load_file(str(checkpoint / DRAFTER_DELTAS)), None)
+    state = load_trainer_state(checkpoint / "trainer.pt")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["step"]
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) -> Path | None:
     """Run (or resume) training; returns the final drafter folder, or None when
     ``stop_after`` steps of this invocation ended it early (resume by running again)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    if world > 1 and "OMP_NUM_THREADS" not in os.environ:  # share the cores between processes
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    world, rank = init_distributed()
     out = Path(out_dir)
     check_run_folder(cfg, out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-
     network, tokenizer = build_network(cfg)
     objective = WindowObjective(network)
     model = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
-    params = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    warmup = max(1, cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    step = 0
-    resume = latest_checkpoint(out)
-    if resume is not None:
-        load_deltas(network, load_file(str(resume / DRAFTER_DELTAS)), None)
-        state = load_trainer_state(resume / "trainer.pt")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
+    optimizer, scheduler = adamw_with_warmup([p for p in network.parameters() if p.requires_grad], cfg.lr,
+                                             cfg.warmup_steps)
+    step = _restore(out, network, optimizer, scheduler)
     adapt, align = stage_data(cfg, tokenizer)
-    mask_id = network.config.mask_token_id
-
-    bar = tqdm(total=cfg.total_steps, initial=step, desc="calibrate", file=sys.stderr, disable=rank != 0)
-    log = open(out / "train.log", "a") if rank == 0 else None
+    log = StepLog(out, cfg.total_steps, step, "calibrate", enabled=rank == 0)
     stop_at = cfg.total_steps if stop_after is None else min(cfg.total_steps, step + stop_after)
     while step < stop_at:
         adapting = step < cfg.adapt_steps
         rng = step_rng(cfg.seed, step, rank)
         sequence = (adapt if adapting else align).draw(rng)
-        windows = make_windows(sequence.ids, window_starts(sequence, cfg.windows_per_step, rng), cfg.gamma, mask_id)
+        windows = make_windows(sequence.ids, window_starts(sequence, cfg.windows_per_step, rng), cfg.gamma,
+                               network.config.mask_token_id)
         started = time.perf_counter()
         loss, log_q, greedy_hit = model(sequence.ids, windows, "ce" if adapting else cfg.align_loss)
         optimizer.zero_grad(set_to_none=True)
@@ -214,21 +208,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
         optimizer.step()
         scheduler.step()
         step += 1
-        if rank == 0:
-            streak = float(expected_streak(log_q, windows.valid))
-            greedy = float(greedy_hit.cumprod(-1).sum(-1).mean())
-            slot_hits = (greedy_hit.sum(0) / windows.valid.sum(0).clamp_min(1)).tolist()
-            bar.set_postfix(stage="adapt" if adapting else "align", loss=f"{float(loss.detach()):.3f}",
-                            streak=f"{streak:.2f}", greedy=f"{greedy:.2f}")
-            bar.update(1)
-            log.write(json.dumps({"step": step, "stage": "adapt" if adapting else "align", "loss": float(loss.detach()),
-                                  "expected_streak": streak, "greedy_streak": greedy,
-                                  "slot_acc": [round(x, 3) for x in slot_hits],
-                                  "seconds": round(time.perf_counter() - started, 2)}) + "\n")
-            log.flush()
-            if step % cfg.checkpoint_every == 0 or step == stop_at:
-                save_checkpoint(out, cfg, network, optimizer, scheduler, step)
-    bar.close()
+        log.write(step, loss.detach(), log_q, greedy_hit, windows.valid, time.perf_counter() - started,
+                  stage="adapt" if adapting else "align")
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == stop_at):
+            save_checkpoint(out, cfg, network, optimizer, scheduler, step)
+    log.close()
     if step < cfg.total_steps:
         return None
     final = out / "final"
