@@ -66,3 +66,16 @@ class RunsCode:
         import os
 
         return (os.system, (f"touch {self.marker}",))
+
+
+def random_teacher_shard(folder, records: int = 5, prompt_len: int = 6, completion_len: int = 20):
+    """A teacher-data folder of random token ids (one shard), as `specdiff calibrate data` writes."""
+    import json
+
+    folder.mkdir(parents=True)
+    rng = torch.Generator().manual_seed(0)
+    rows = [{"prompt_ids": torch.randint(0, TINY_VOCAB, (prompt_len,), generator=rng).tolist(),
+             "completion_ids": torch.randint(0, TINY_VOCAB, (completion_len,), generator=rng).tolist()}
+            for _ in range(records)]
+    (folder / "shard-00000.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import RunsCode
+from conftest import RunsCode, random_teacher_shard
 from safetensors.torch import load_file
 
 from specdiff.calibrate.losses import ce_loss, ce_streak_loss, expected_streak, streak_loss
@@ -60,12 +60,7 @@ def tiny_run(tiny_model_dir, tmp_path):
     code = tmp_path / "code"
     code.mkdir()
     (code / "mod.py").write_text("def add(a, b):\n    x = a\n    y = b\n    z = x\n    return z + y\n")
-    teacher = tmp_path / "teacher"
-    teacher.mkdir()
-    rng = torch.Generator().manual_seed(0)
-    records = [{"prompt_ids": torch.randint(0, 32, (6,), generator=rng).tolist(),
-                "completion_ids": torch.randint(0, 32, (20,), generator=rng).tolist()} for _ in range(5)]
-    (teacher / "shard-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    teacher = random_teacher_shard(tmp_path / "teacher")
     return TrainConfig(base=str(tiny_model_dir), num_layers=2, gamma=4, gsm8k=str(gsm8k), code_root=str(code),
                        teacher=str(teacher), adapt_steps=3, align_steps=3, lora_rank=4, lora_alpha=8,
                        lr=1e-2, windows_per_step=4, checkpoint_every=2)

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import tiny_causal_lm
+from conftest import random_teacher_shard, tiny_causal_lm
 from safetensors.torch import load_file
 
 from specdiff.calibrate.dflash_train import DFlashTrainConfig, build_network, train_dflash
@@ -40,12 +40,7 @@ def test_ce_decay_weights_later_slots_less():
 
 @pytest.fixture
 def tiny_dflash_run(tiny_model_dir, tmp_path):
-    teacher = tmp_path / "teacher"
-    teacher.mkdir()
-    rng = torch.Generator().manual_seed(0)
-    records = [{"prompt_ids": torch.randint(0, 32, (6,), generator=rng).tolist(),
-                "completion_ids": torch.randint(0, 32, (20,), generator=rng).tolist()} for _ in range(5)]
-    (teacher / "shard-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    teacher = random_teacher_shard(tmp_path / "teacher")
     return DFlashTrainConfig(verifier=str(tiny_model_dir), teacher=str(teacher), num_layers=1, gamma=4, steps=6,
                              anchors_per_step=4, lr=1e-2, checkpoint_every=2)
 
