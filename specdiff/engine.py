@@ -96,10 +96,10 @@ def check_inputs(prompt_ids: Tensor, verifier: Verifier, drafter: Drafter | None
         raise ValueError(f"prompt_ids must have shape [1, length] (batch size 1), got {tuple(prompt_ids.shape)}")
     if prompt_ids.shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one token")
-    largest = int(prompt_ids.max())
-    if largest >= verifier.vocab_size or int(prompt_ids.min()) < 0:
+    outside = prompt_ids[(prompt_ids < 0) | (prompt_ids >= verifier.vocab_size)]
+    if len(outside):
         raise ValueError(
-            f"the prompt holds token id {largest}, outside the verifier's vocabulary of {verifier.vocab_size}: "
+            f"the prompt holds token id {int(outside[0])}, outside the verifier's vocabulary of {verifier.vocab_size}: "
             "the tokenizer does not belong to this model (load both from the same folder)"
         )
     if verifier.max_length and prompt_ids.shape[1] + config.max_new_tokens + config.gamma > verifier.max_length:

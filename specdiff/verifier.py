@@ -92,7 +92,6 @@ class Verifier:
     def __init__(self, model):
         self.model = model.eval()
         self.vocab_size = model.config.vocab_size
-        self.num_layers = model.config.num_hidden_layers
         self.hidden_size = model.config.hidden_size
         self.max_length = getattr(model.config, "max_position_embeddings", None)
         self._cache = DynamicCache(config=model.config)

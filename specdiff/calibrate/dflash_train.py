@@ -43,7 +43,7 @@ from specdiff.calibrate.windows import WindowBatch, make_anchor_blocks
 from specdiff.drafters.dflash_files import load_dflash, save_dflash
 from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
 from specdiff.models.registry import DEFAULT_VERIFIER
-from specdiff.verifier import Verifier
+from specdiff.verifier import Verifier, decoder_layers
 
 INITS = ("verifier", "random")
 
@@ -96,7 +96,7 @@ def init_from_verifier(network: DFlashNetwork, verifier_model, sample_ids: torch
     layer's features through. The verifier has no per-head q/k norms: they start at the
     mean RMS of the copied layer's queries and keys over ``sample_ids``, so attention starts
     about as sharp as the verifier's (unit norms would make it nearly uniform)."""
-    source_layers = verifier_model.model.layers[-len(network.layers):]
+    source_layers = decoder_layers(verifier_model)[-len(network.layers):]
     for draft_layer, source_layer in zip(network.layers, source_layers):
         source = dict(source_layer.named_parameters())
         for name, param in draft_layer.named_parameters():

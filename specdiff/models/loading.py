@@ -27,7 +27,9 @@ def resolve_model_folder(spec: str, other_names: tuple[str, ...] = ()) -> str:
         if not is_prepared(PACKAGED_MODELS[spec]):
             print(f"preparing {spec} once (specdiff models prepare {spec}) ...", file=sys.stderr)
         return str(prepare(spec))
-    if Path(spec).expanduser().exists() or _in_hub_cache(spec):
+    if Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser())
+    if _in_hub_cache(spec):
         return spec
     known = ", ".join((*PACKAGED_MODELS, *other_names))
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
