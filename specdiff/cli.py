@@ -178,17 +178,19 @@ def _extra_commands():
     from specdiff.bench.cli import register as register_bench
     from specdiff.bench.draft_cost import register as register_draft_cost
     from specdiff.calibrate.cli import register as register_calibrate
+    from specdiff.serving.server import register as register_serve
 
-    return [register_calibrate, register_bench, register_draft_cost]
+    return [register_calibrate, register_bench, register_draft_cost, register_serve]
 
 
 def main(argv: list[str] | None = None) -> int:
     from specdiff.models.prepare import ModelUnavailableError
+    from specdiff.serving.environment import VllmUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, ModelUnavailableError, FileNotFoundError) as error:
+    except (ValueError, ModelUnavailableError, FileNotFoundError, VllmUnavailableError) as error:
         print(f"specdiff: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

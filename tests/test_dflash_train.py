@@ -106,3 +106,49 @@ def test_feature_cache_changes_nothing_but_the_cost(tiny_dflash_run, tmp_path):
     again = train_dflash(cached_cfg, tmp_path / "again")  # every sequence read back from the cache
     first, second, third = (load_file(str(f / "model.safetensors")) for f in (plain, cached, again))
     assert all(torch.equal(first[k], second[k]) and torch.equal(first[k], third[k]) for k in first)
+
+
+def test_a_shipped_drafter_is_rebuilt_from_its_deltas_and_the_verifier(tiny_dflash_run, tiny_model_dir, tmp_path):
+    from specdiff.drafters.shipped_dflash import build_from_shipped, write_shipped
+    from specdiff.models.loading import load_causal_lm
+
+    verifier, _ = load_causal_lm(str(tiny_model_dir))
+    network = build_network(tiny_dflash_run, verifier, torch.arange(12))
+    with torch.no_grad():  # "training": a rank-2 change of one copied matrix, and a new fc
+        network.layers[0].mlp.up_proj.weight.add_(torch.randn(64, 2) @ torch.randn(2, 32))
+        network.fc.weight.normal_()
+    from specdiff.drafters.dflash_files import save_dflash
+
+    trained = save_dflash(network, tmp_path / "trained")
+    last = verifier.config.num_hidden_layers - 1
+    size = write_shipped(tmp_path / "shipped", trained, str(tiny_model_dir), [last], rank=2, card={"steps": 0})
+    assert size < sum(p.stat().st_size for p in trained.iterdir())
+    built = build_from_shipped(tmp_path / "shipped", tmp_path / "cache" / "drafter")
+    original, rebuilt = load_file(str(trained / "model.safetensors")), load_file(str(built / "model.safetensors"))
+    assert original.keys() == rebuilt.keys()
+    for name in original:  # bf16 storage: close, and exact where training changed nothing but rank 2
+        assert torch.allclose(original[name], rebuilt[name], atol=2e-2, rtol=2e-2), name
+    drafter, _ = load_drafter(str(built), verifier_model=verifier)
+    assert drafter.network.fc.weight.shape == network.fc.weight.shape
+    stamp = (built / "built-from.json").stat().st_mtime_ns
+    assert build_from_shipped(tmp_path / "shipped", built) == built  # built once
+    assert (built / "built-from.json").stat().st_mtime_ns == stamp
+
+
+def test_held_out_records_are_not_trained_on_and_their_acceptance_is_logged(tiny_dflash_run, tmp_path):
+    from specdiff.calibrate.data import TeacherSequences
+    from specdiff.calibrate.teacher import read_shards
+
+    records = read_shards(tiny_dflash_run.teacher)
+    train_part, held = TeacherSequences(records, 64).split(2)
+    assert train_part.records == records[:-2] and held.records == records[-2:]
+    with pytest.raises(ValueError, match="leaves no training data"):
+        TeacherSequences(records, 64).split(len(records))
+    out = tmp_path / "run"
+    train_dflash(replace(tiny_dflash_run, holdout_records=2), out)
+    notes = [json.loads(line) for line in (out / "train.log").read_text().splitlines() if "heldout_tau" in line]
+    assert [n["step"] for n in notes] == [2, 4, 6]
+    for note in notes:
+        accept = note["heldout_accept"]
+        assert len(accept) == tiny_dflash_run.gamma and all(a >= b for a, b in zip(accept, accept[1:]))
+        assert note["heldout_tau"] == pytest.approx(1 + sum(accept), abs=1e-2)

@@ -12,6 +12,8 @@
 - ``dflash``: our engine with a DFlash-layout drafter conditioned on the verifier's hidden
   states (``--dflash-drafter``; argmax drafts at ``--gamma-dflash``); ``dflash-kN`` and
   ``dflash-kN-gG`` as for specdiff2.
+- ``vllm``, ``vllm-ngram``, ``vllm-dflash``, ``vllm-specdiff``: the same through vLLM's
+  offline engine (``bench/vllm_methods.py``; needs the vllm extra).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specdiff.engine import DecodingConfig, generate
+from specdiff.models.registry import DEFAULT_VERIFIER
 from specdiff.prompting import truncate_at_eos
 from specdiff.sampling import SamplingConfig
 from specdiff.verifier import Verifier
@@ -41,6 +44,7 @@ class MethodOutput:
     draft_seconds: float | None = None
     verify_seconds: float | None = None
     candidates: list[int] = field(default_factory=list)
+    spec_counts: dict | None = None  # vLLM methods: {"drafts", "accepted_per_position"} from vLLM's counters
 
 
 class HFGenerateMethod:
@@ -113,14 +117,32 @@ SWEEP_METHOD = re.compile(r"(specdiff2|dflash)-k(\d+)(?:-g(\d+))?")
 
 
 def check_method_names(names: list[str]) -> None:
+    from specdiff.bench.vllm_methods import VLLM_METHODS
+
     if not names:
-        raise ValueError(f"no method given; known: {', '.join(METHODS)}")
+        raise ValueError(f"no method given; known: {', '.join(METHODS + VLLM_METHODS)}")
     for name in names:
-        if name not in METHODS and not SWEEP_METHOD.fullmatch(name):
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}, specdiff2-kN[-gG], dflash-kN[-gG]")
+        if name not in METHODS + VLLM_METHODS and not SWEEP_METHOD.fullmatch(name):
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS + VLLM_METHODS)}, "
+                             "specdiff2-kN[-gG], dflash-kN[-gG]")
 
 
-def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) -> tuple[list, dict[str, str]]:
+def vllm_method(name: str, verifier: str, verifier_config, eos: set[int], settings: MethodSettings):
+    from specdiff.bench.vllm_methods import VllmMethod
+    from specdiff.serving.speculative import speculative_setup
+
+    drafter = {"vllm": "none", "vllm-ngram": "ngram", "vllm-dflash": settings.dflash_drafter,
+               "vllm-specdiff": settings.specdiff2_drafter}[name]
+    if not drafter:
+        raise FileNotFoundError(f"no drafter given for {name} (--dflash-drafter PATH)")
+    gamma = {"vllm-ngram": settings.prompt_lookup_tokens, "vllm-dflash": settings.gamma_dflash,
+             "vllm-specdiff": settings.gamma}.get(name)
+    setup = speculative_setup(drafter, verifier_config, gamma)
+    return VllmMethod(name, verifier, setup.config, setup.environment, eos)
+
+
+def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
+                  verifier_spec: str = DEFAULT_VERIFIER) -> tuple[list, dict[str, str]]:
     """The requested methods that can run here, and a reason for each that cannot."""
     from specdiff.drafters import AutoregressiveDrafter
     from specdiff.drafters.loading import load_drafter
@@ -155,6 +177,8 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings) 
             elif name == "prompt-lookup":
                 methods.append(HFGenerateMethod(name, model, eos, **hf,
                                                 prompt_lookup_num_tokens=settings.prompt_lookup_tokens))
+            elif name.startswith("vllm"):
+                methods.append(vllm_method(name, verifier_spec, model.config, eos, settings))
             elif name == "sd-ar":
                 methods.append(EngineMethod(name, verifier, AutoregressiveDrafter(assistant),
                                             engine_config(gamma=settings.gamma_ar), eos))

@@ -7,22 +7,47 @@ from pathlib import Path
 
 from specdiff.bench.equality import Divergence, explain_divergence
 
+ENGINE_REFERENCE = "vllm"  # vllm-* methods are compared with plain vLLM, within the engine
+
+
+def reference_for(method: str, methods_present: set[str], reference: str) -> str:
+    """The method a method's output and time are compared with."""
+    if method.startswith(ENGINE_REFERENCE + "-") and ENGINE_REFERENCE in methods_present:
+        return ENGINE_REFERENCE
+    return reference
+
 
 def acceptance_by_position(records: list[dict]) -> list[float]:
-    """Fraction of verifier calls that accepted draft slot j, over calls that drafted it."""
+    """Fraction of verifier calls that accepted draft slot j, over calls that drafted it
+    (from per-call lists, or from vLLM's counters in ``spec_counts``)."""
     reached: dict[int, int] = defaultdict(int)
     accepted: dict[int, int] = defaultdict(int)
     for record in records:
+        counts = record.get("spec_counts")
+        if counts:
+            for slot, hits in enumerate(counts["accepted_per_position"]):
+                reached[slot] += counts["drafts"]
+                accepted[slot] += hits
+            continue
         for drafted, committed in zip(record.get("drafted") or [], record.get("accepted_lengths") or []):
             for slot in range(drafted):
                 reached[slot] += 1
                 accepted[slot] += slot < committed - 1
-    return [accepted[j] / reached[j] for j in range(len(reached))]
+    return [accepted[j] / reached[j] if reached[j] else 0.0 for j in range(len(reached))]
+
+
+def verifier_calls(record: dict) -> int | None:
+    """Verifier passes a record took: per-call lists, or vLLM's drafts + the prefill pass."""
+    if record.get("spec_counts"):
+        return record["spec_counts"]["drafts"] + 1
+    lengths = record.get("accepted_lengths")
+    return len(lengths) if lengths is not None else None
 
 
 def summarize(records: list[dict], reference: str = "ar") -> dict[str, dict[str, dict]]:
     """{method: {category or 'all': metrics}}."""
     by_prompt = {(r["method"], r["question_id"]): r for r in records}
+    present = {r["method"] for r in records}
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for record in records:
         groups[(record["method"], record["category"])].append(record)
@@ -31,9 +56,10 @@ def summarize(records: list[dict], reference: str = "ar") -> dict[str, dict[str,
     for (method, category), rows in groups.items():
         tokens = sum(r["new_tokens"] for r in rows)
         seconds = sum(r["wall_time"] for r in rows)
-        ratios = [by_prompt[(reference, r["question_id"])]["wall_time"] / r["wall_time"]
-                  for r in rows if (reference, r["question_id"]) in by_prompt]
-        calls = [len(r["accepted_lengths"]) for r in rows if r.get("accepted_lengths") is not None]
+        baseline = reference_for(method, present, reference)
+        ratios = [by_prompt[(baseline, r["question_id"])]["wall_time"] / r["wall_time"]
+                  for r in rows if (baseline, r["question_id"]) in by_prompt]
+        calls = [c for c in map(verifier_calls, rows) if c is not None]
         draft = sum(r["draft_seconds"] or 0 for r in rows)
         verify = sum(r["verify_seconds"] or 0 for r in rows)
         chosen = [c for r in rows for c in (r.get("candidates") or [])]
@@ -42,6 +68,7 @@ def summarize(records: list[dict], reference: str = "ar") -> dict[str, dict[str,
             "prompts": len(rows),
             "tokens_per_s": tokens / seconds if seconds else 0.0,
             "speedup": sum(ratios) / len(ratios) if ratios else None,
+            "speedup_reference": baseline,
             "tau": tokens / sum(calls) if engine_rows else None,
             "draft_share": draft / (draft + verify) if draft + verify else None,
             "verify_seconds_per_call": verify / sum(calls) if engine_rows else None,
@@ -56,10 +83,11 @@ def check_equality(records: list[dict], model, encoded: dict, reference: str = "
     """(method, prompt id, divergence) for every output that differs from the reference
     (``encoded``: question id -> prompt token ids)."""
     by_prompt = {(r["method"], r["question_id"]): r for r in records}
+    present = {r["method"] for r in records}
     found = []
     for record in records:
-        ref = by_prompt.get((reference, record["question_id"]))
-        if record["method"] == reference or ref is None:
+        ref = by_prompt.get((reference_for(record["method"], present, reference), record["question_id"]))
+        if record["method"] == reference or ref is None or ref is record:
             continue
         divergence = explain_divergence(model, encoded[record["question_id"]], ref["token_ids"], record["token_ids"])
         if divergence is not None:
@@ -72,7 +100,7 @@ def _fmt(value, pattern: str) -> str:
 
 
 def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str], reference: str = "ar") -> str:
-    lines = [f"| method | prompts | tokens/s | speed-up vs {reference} | tau | acc@1 | acc@2 | acc@4 | draft share "
+    lines = [f"| method | prompts | tokens/s | speed-up vs {reference} (vllm-*: vs vllm) | tau | acc@1 | acc@2 | acc@4 | draft share "
              "| verify s/call | not 1st candidate |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in methods:

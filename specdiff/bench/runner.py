@@ -108,45 +108,71 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dic
     model, tokenizer = load_causal_lm(config.verifier)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    methods, unavailable = build_methods(names, model, tokenizer, config.settings)
+    methods, unavailable = build_methods(names, model, tokenizer, config.settings, config.verifier)
     for name, reason in unavailable.items():
         print(f"method {name} unavailable: {reason}", file=sys.stderr)
 
-    records_path = out / "records.jsonl"
     records = {(r["method"], r["question_id"]): r for r in previous}
-    turns_total = sum(len(p.turns) if config.all_turns else 1 for p in prompts)
+    interleaved = [m for m in methods if not getattr(m, "blockwise", False)]
+    blockwise = [m for m in methods if getattr(m, "blockwise", False)]
+    conversations = _conversations(prompts, config)
     encoded: dict[str, object] = {}
-    warmed = False
-    with open(records_path, "a") as handle, tqdm(total=turns_total * len(methods), desc="bench", file=sys.stderr) as bar:
+    with open(records_path, "a") as handle, tqdm(total=len(conversations) * len(methods), desc="bench",
+                                                  file=sys.stderr) as bar:
+        def measure(method, prompt, turn, question_id, prompt_ids) -> None:
+            output = method.run(prompt_ids, config.max_new_tokens)
+            record = {"method": method.name, "question_id": question_id, "category": prompt.category,
+                      "turn": turn + 1, "new_tokens": len(output.tokens), "wall_time": output.seconds,
+                      "accepted_lengths": output.accepted_lengths, "drafted": output.drafted,
+                      "draft_seconds": output.draft_seconds, "verify_seconds": output.verify_seconds,
+                      "candidates": output.candidates, "spec_counts": output.spec_counts,
+                      "token_ids": output.tokens}
+            records[(method.name, question_id)] = record
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+        warm_ids = encode_conversation(tokenizer, ["Say hi."], [], config.chat)
+        warmed = False
         for index, prompt in enumerate(prompts):
             answers: list[str] = []
             for turn in range(len(prompt.turns) if config.all_turns else 1):
                 question_id = prompt.id if not config.all_turns else f"{prompt.id}/turn{turn + 1}"
                 prompt_ids = encode_conversation(tokenizer, list(prompt.turns[: turn + 1]), answers, config.chat)
                 encoded[question_id] = prompt_ids
-                for method in _rotated(methods, index):
+                for method in _rotated(interleaved, index):
                     bar.update(1)
                     if (method.name, question_id) in records:
                         continue
                     if not warmed:  # first-call overheads stay out of the measurements
-                        for warm in methods:
-                            warm.run(encode_conversation(tokenizer, ["Say hi."], [], config.chat), 4)
+                        for warm in interleaved:
+                            warm.run(warm_ids, 4)
                         warmed = True
-                    output = method.run(prompt_ids, config.max_new_tokens)
-                    record = {"method": method.name, "question_id": question_id, "category": prompt.category,
-                              "turn": turn + 1, "new_tokens": len(output.tokens), "wall_time": output.seconds,
-                              "accepted_lengths": output.accepted_lengths, "drafted": output.drafted,
-                              "draft_seconds": output.draft_seconds, "verify_seconds": output.verify_seconds,
-                              "candidates": output.candidates, "token_ids": output.tokens}
-                    records[(method.name, question_id)] = record
-                    handle.write(json.dumps(record) + "\n")
-                    handle.flush()
+                    measure(method, prompt, turn, question_id, prompt_ids)
                 if config.all_turns and turn + 1 < len(prompt.turns):
                     answers.append(tokenizer.decode(_history_answer(records, methods, question_id, prompt_ids,
                                                                     model, tokenizer, config), skip_special_tokens=True))
+        for method in blockwise:  # one engine at a time: each holds its own copy of the verifier
+            todo = [(p, t, q) for p, t, q in conversations if (method.name, q) not in records]
+            bar.update(len(conversations) - len(todo))
+            if not todo:
+                continue
+            method.open()
+            try:
+                method.run(warm_ids, 4)
+                for prompt, turn, question_id in todo:
+                    measure(method, prompt, turn, question_id, encoded[question_id])
+                    bar.update(1)
+            finally:
+                method.close()
     ran = {method.name for method in methods}
     this_run = [r for key, r in records.items() if key[0] in ran and key[1] in encoded]
     return this_run, unavailable, model, encoded
+
+
+def _conversations(prompts, config: BenchConfig) -> list[tuple]:
+    """(prompt, turn index, question id) of every measured turn, in order."""
+    return [(prompt, turn, prompt.id if not config.all_turns else f"{prompt.id}/turn{turn + 1}")
+            for prompt in prompts for turn in range(len(prompt.turns) if config.all_turns else 1)]
 
 
 def _history_answer(records, methods, question_id, prompt_ids, model, tokenizer, config) -> list[int]:

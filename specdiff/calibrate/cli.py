@@ -8,7 +8,12 @@ from specdiff.config_args import add_dataclass_args, dataclass_from_args
 def cmd_data(args) -> int:
     from specdiff.calibrate.teacher import TeacherConfig, generate_teacher_data, read_shards
 
-    out = generate_teacher_data(dataclass_from_args(TeacherConfig, args), args.out)
+    config = dataclass_from_args(TeacherConfig, args)
+    if config.engine == "vllm":
+        from specdiff.serving.environment import restart_with_vllm_environment
+
+        restart_with_vllm_environment()
+    out = generate_teacher_data(config, args.out)
     records = read_shards(out)
     print(f"{len(records)} completions, {sum(len(r['completion_ids']) for r in records)} tokens in {out}")
     return 0

@@ -8,6 +8,7 @@ so that resuming at a step reproduces the data exactly with no saved data state.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from torch import Tensor
 class TrainingSequence:
     ids: Tensor  # [seq_len] int64
     first_start: int  # earliest window start (the last token before what is predicted)
-    key: str = ""  # names the sequence for caches (teacher records: their index)
+    key: str = ""  # names the sequence for caches (teacher records: a hash of its tokens)
 
 
 class TextSequences:
@@ -45,10 +46,28 @@ class TeacherSequences:
         self.max_seq_len = max_seq_len
 
     def draw(self, rng: random.Random) -> TrainingSequence:
-        index = rng.randrange(len(self.records))
+        return self.sequence(rng.randrange(len(self.records)))
+
+    def sequence(self, index: int) -> TrainingSequence:
         record = self.records[index]
-        ids = (record["prompt_ids"] + record["completion_ids"])[: self.max_seq_len]
-        return TrainingSequence(torch.tensor(ids), len(record["prompt_ids"]) - 1, f"{index:06d}")
+        ids = torch.tensor((record["prompt_ids"] + record["completion_ids"])[: self.max_seq_len])
+        return TrainingSequence(ids, len(record["prompt_ids"]) - 1, content_key(ids))
+
+    def split(self, holdout: int) -> tuple[TeacherSequences, TeacherSequences | None]:
+        """(training, held out): the last ``holdout`` records are held out."""
+        if holdout <= 0:
+            return self, None
+        if holdout >= len(self.records):
+            raise ValueError(f"--holdout-records {holdout} leaves no training data ({len(self.records)} records)")
+        train, held = (TeacherSequences.__new__(TeacherSequences) for _ in range(2))
+        for part, records in ((train, self.records[:-holdout]), (held, self.records[-holdout:])):
+            part.records, part.max_seq_len = records, self.max_seq_len
+        return train, held
+
+
+def content_key(ids: Tensor) -> str:
+    """A name for a token sequence that does not depend on where it sits in a data set."""
+    return hashlib.sha1(ids.numpy().tobytes()).hexdigest()[:20]
 
 
 def step_rng(seed: int, step: int, rank: int) -> random.Random:

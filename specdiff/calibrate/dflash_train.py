@@ -12,7 +12,12 @@ accepted streak), or the others in ``calibrate/losses.py``.
 Initialisation ``verifier`` copies the verifier's last ``num_layers`` decoder layers into
 the draft layers (with their q/k/v biases, so the config gets ``attention_bias``; o_proj's
 bias starts at zero) and its final norm into ``norm``; ``fc`` starts by passing the deepest
-target layer through. ``random`` is transformers' default initialisation.
+target layer through. ``random`` is transformers' default initialisation except ``norm``,
+which feeds the verifier's LM head and so starts as the verifier's final norm (with unit
+weights the logits start too flat and take thousands of steps to sharpen).
+
+With ``holdout_records`` the last teacher records are kept out of training and the
+teacher-forced acceptance on them is logged at every checkpoint.
 
 With ``feature_cache`` the verifier's hidden states of each sequence are kept on disk in
 fp16 after their first use, so later epochs cost only the drafter's own pass.
@@ -65,6 +70,7 @@ class DFlashTrainConfig:
     checkpoint_every: int = 20
     seed: int = 0
     feature_cache: str = ""  # folder for the verifier's fp16 hidden states per sequence ("": recompute each time)
+    holdout_records: int = 0  # the last N teacher records are not trained on; acceptance on them at each checkpoint
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -85,6 +91,9 @@ def build_network(cfg: DFlashTrainConfig, verifier_model, sample_ids: torch.Tens
         network = DFlashNetwork(config)
     if from_verifier:
         init_from_verifier(network, verifier_model, sample_ids)
+    else:
+        with torch.no_grad():  # the head's scale: the LM head is the verifier's, so is the norm before it
+            network.norm.weight.copy_(verifier_model.model.norm.weight)
     return network
 
 
@@ -183,6 +192,23 @@ class BlockObjective(nn.Module):
         return window_loss(loss_name, log_q, blocks.valid), log_q.detach(), greedy_hit
 
 
+@torch.no_grad()
+def heldout_acceptance(objective: BlockObjective, held: TeacherSequences, gamma: int, anchors: int,
+                       seed: int) -> dict:
+    """Teacher-forced greedy acceptance on held-out sequences: ``accept[k]`` is the share of
+    blocks (at fixed random anchors) whose first k + 1 argmax drafts all equal the
+    verifier's tokens; ``tau`` = 1 + their sum, the tokens a step would commit."""
+    streaks = []
+    for index in range(len(held.records)):
+        sequence = held.sequence(index)
+        starts = window_starts(sequence, anchors, step_rng(seed, -2, index))
+        blocks = make_anchor_blocks(sequence.ids, starts, gamma, objective.network.mask_token_id)
+        _, _, greedy_hit = objective(sequence.ids, blocks, "ce_decay", sequence.key)
+        streaks.append(greedy_hit.cumprod(-1))
+    accept = torch.cat(streaks).mean(0)
+    return {"heldout_accept": [round(float(a), 3) for a in accept], "heldout_tau": round(1 + float(accept.sum()), 3)}
+
+
 def save_checkpoint(out: Path, network, optimizer, scheduler, step: int, keep: int = 2) -> None:
     final, partial = out / f"checkpoint-{step:06d}", out / f".partial-{step:06d}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -213,7 +239,7 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
 
     out = Path(out_dir)
     check_run_folder(cfg, out, resumable_changes=("steps", "checkpoint_every", "feature_cache"))
-    sequences = TeacherSequences(read_shards(cfg.teacher), cfg.max_seq_len)
+    sequences, held = TeacherSequences(read_shards(cfg.teacher), cfg.max_seq_len).split(cfg.holdout_records)
     verifier_model, _ = load_causal_lm(cfg.verifier)
     verifier_model.requires_grad_(False)
     network = build_network(cfg, verifier_model, sequences.draw(step_rng(cfg.seed, -1, 0)).ids)
@@ -240,6 +266,8 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
             log.write(step, loss.detach(), log_q, greedy_hit, blocks.valid, time.perf_counter() - started)
             if step % cfg.checkpoint_every == 0 or step == stop_at:
                 save_checkpoint(out, network, optimizer, scheduler, step)
+                if held is not None:
+                    log.note(step, **heldout_acceptance(objective, held, cfg.gamma, cfg.anchors_per_step, cfg.seed))
     finally:
         log.close()
     if step < cfg.steps:

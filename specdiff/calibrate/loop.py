@@ -57,6 +57,14 @@ class StepLog:
                                     "seconds": round(seconds, 2)}) + "\n")
         self.file.flush()
 
+    def note(self, step: int, **fields) -> None:
+        """One extra JSON line (e.g. held-out acceptance at a checkpoint), also shown under the bar."""
+        if not self.enabled:
+            return
+        self.bar.write(f"step {step}: " + json.dumps(fields))
+        self.file.write(json.dumps({"step": step, **fields}) + "\n")
+        self.file.flush()
+
     def close(self) -> None:
         self.bar.close()
         if self.file:

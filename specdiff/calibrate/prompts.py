@@ -3,7 +3,11 @@
 Never HumanEval or Spec-Bench: those are evaluation sets. Sources:
 - GSM8K train questions (a JSONL path with a ``question`` field);
 - code prompts cut from Python sources on this machine (the standard library by default):
-  a function's signature and docstring, to be completed.
+  a function's signature and docstring, to be completed;
+- general instructions over a passage (summarise, answer a question, extract, translate,
+  explain, rewrite), the passages being module docstrings of the same sources (the
+  standard library's are under the PSF licence). No chat or open-domain instruction set
+  can be had offline here, so this is the general-text share.
 """
 
 from __future__ import annotations
@@ -86,13 +90,49 @@ def code_texts(root: str | Path | None = None, max_chars: int = 4000) -> list[st
     return texts
 
 
-def mixed_prompts(gsm8k_path: str | Path, num_prompts: int, seed: int = 0, code_root: str | None = None) -> list[str]:
-    """Half GSM8K questions, half code prompts, shuffled with a fixed seed."""
+PASSAGE_TASKS = (
+    "Summarise the following passage in two sentences.\n\n{passage}",
+    "Read the passage and answer: what is the main purpose of what it describes?\n\n{passage}",
+    "List the names of functions, classes or modules mentioned in this passage, one per line.\n\n{passage}",
+    "Translate the first sentence of this passage into French.\n\n{passage}",
+    "Translate the first sentence of this passage into German.\n\n{passage}",
+    "Explain this passage to a beginner programmer.\n\n{passage}",
+    "Rewrite this passage as a short bulleted list of its key points.\n\n{passage}",
+    "Write three questions a reader could answer from this passage, with their answers.\n\n{passage}",
+)
+
+
+def passage_texts(root: str | Path | None = None, min_chars: int = 200, max_chars: int = 1500) -> list[str]:
+    """Module docstrings of the Python sources, as passages for general instructions."""
+    passages = []
+    for path in python_source_files(root):
+        try:
+            docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, OSError, SyntaxError, ValueError):
+            continue
+        if docstring and min_chars <= len(docstring) <= max_chars:
+            passages.append(docstring.strip())
+    return passages
+
+
+def passage_prompts(root: str | Path | None = None, seed: int = 0) -> list[str]:
+    """One general instruction per passage, the task drawn with a fixed seed."""
     rng = random.Random(seed)
-    math, code = gsm8k_prompts(gsm8k_path), code_prompts(code_root)
-    rng.shuffle(math)
-    rng.shuffle(code)
-    half = num_prompts // 2
-    prompts = math[:half] + code[: num_prompts - half]
+    return [rng.choice(PASSAGE_TASKS).format(passage=passage) for passage in passage_texts(root)]
+
+
+def mixed_prompts(gsm8k_path: str | Path, num_prompts: int, seed: int = 0, code_root: str | None = None,
+                  general: bool = True) -> list[str]:
+    """GSM8K questions, code prompts and (with ``general``) passage instructions in equal
+    shares, shuffled with a fixed seed."""
+    rng = random.Random(seed)
+    pools = [gsm8k_prompts(gsm8k_path), code_prompts(code_root)]
+    if general:
+        pools.append(passage_prompts(code_root, seed))
+    prompts = []
+    for index, pool in enumerate(pools):
+        rng.shuffle(pool)
+        share = num_prompts // len(pools) + (index < num_prompts % len(pools))
+        prompts.extend(pool[:share])
     rng.shuffle(prompts)
     return prompts

@@ -1,6 +1,8 @@
 """Teacher trajectories: the verifier's own completions of training prompts.
 
-Batched, KV-cached generation through transformers' ``generate`` (left padding).
+Two engines, the same shards: transformers' batched ``generate`` (left padding), or
+vLLM's offline engine (``--engine vllm``, continuous batching; greedy only, since its
+sampling is not reproducible per shard the way a seeded ``generate`` is).
 Output: ``shard-NNNNN.jsonl`` files of {"prompt_ids", "completion_ids"} token ids, each
 written to a temporary name and renamed when complete, so an interrupted run resumes at
 the first missing shard and never reads a half-written one.
@@ -12,13 +14,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from specdiff.models.registry import DEFAULT_VERIFIER
+
+ENGINES = ("transformers", "vllm")
 
 
 @dataclass(frozen=True)
@@ -32,18 +36,29 @@ class TeacherConfig:
     temperature: float = 0.5  # the SpecDiff-2 reference recipe; 0: greedy (what a DFlash drafter learns)
     top_p: float = 0.95
     seed: int = 0
+    engine: str = field(default="transformers", metadata={
+        "choices": ENGINES, "help": "vllm: vLLM's offline engine (needs the vllm extra; greedy only)"})
+    general_prompts: bool = field(default=True, metadata={
+        "help": "a third of the prompts are general instructions over passages (else half math, half code)"})
+
+    def __post_init__(self) -> None:
+        if self.engine == "vllm" and self.temperature > 0:
+            raise ValueError("--engine vllm makes greedy data only: add --temperature 0")
 
 
 def shard_path(out_dir: Path, index: int) -> Path:
     return out_dir / f"shard-{index:05d}.jsonl"
 
 
-def read_shards(out_dir: str | Path) -> list[dict]:
-    """All complete records in ``out_dir``."""
+def read_shards(out_dirs: str | Path) -> list[dict]:
+    """All complete records in ``out_dirs`` (one folder, or several separated by commas)."""
     records = []
-    for path in sorted(Path(out_dir).glob("shard-*.jsonl")):
-        with open(path) as handle:
-            records.extend(json.loads(line) for line in handle if line.strip())
+    for out_dir in str(out_dirs).split(","):
+        if not Path(out_dir.strip()).is_dir():
+            raise FileNotFoundError(f"no teacher data folder {out_dir.strip()}: run `specdiff calibrate data` first")
+        for path in sorted(Path(out_dir.strip()).glob("shard-*.jsonl")):
+            with open(path) as handle:
+                records.extend(json.loads(line) for line in handle if line.strip())
     return records
 
 
@@ -74,25 +89,59 @@ def generate_batch(model, tokenizer, prompts: list[str], config: TeacherConfig, 
     return records
 
 
+class TransformersEngine:
+    def __init__(self, config: TeacherConfig):
+        from specdiff.models.loading import load_causal_lm
+
+        self.config = config
+        self.model, self.tokenizer = load_causal_lm(config.verifier)
+
+    def generate(self, prompts: list[str], seed: int) -> list[dict]:
+        return generate_batch(self.model, self.tokenizer, prompts, self.config, seed)
+
+
+class VllmEngine:
+    """Greedy completions from vLLM's offline engine, on the folder the verifier name resolves to."""
+
+    def __init__(self, config: TeacherConfig):
+        from specdiff.models.loading import load_tokenizer, resolve_model_folder
+        from specdiff.serving.environment import import_vllm
+
+        vllm = import_vllm()
+        self.config, self.vllm = config, vllm
+        self.tokenizer = load_tokenizer(config.verifier)
+        self.llm = vllm.LLM(model=resolve_model_folder(config.verifier), dtype="float32", enforce_eager=True,
+                            seed=config.seed, max_model_len=4096)
+
+    def generate(self, prompts: list[str], seed: int) -> list[dict]:
+        from specdiff.prompting import encode_prompt
+
+        encoded = [encode_prompt(self.tokenizer, text)[0].tolist() for text in prompts]
+        params = self.vllm.SamplingParams(temperature=0.0, max_tokens=self.config.max_new_tokens)
+        outputs = self.llm.generate([self.vllm.TokensPrompt(prompt_token_ids=ids) for ids in encoded], params,
+                                    use_tqdm=False)
+        return [{"prompt_ids": ids, "completion_ids": list(output.outputs[0].token_ids)}
+                for ids, output in zip(encoded, outputs)]
+
+
 def generate_teacher_data(config: TeacherConfig, out_dir: str | Path) -> Path:
     from specdiff.calibrate.prompts import mixed_prompts
-    from specdiff.models.loading import load_causal_lm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    prompts = mixed_prompts(config.gsm8k, config.num_prompts, config.seed)
+    prompts = mixed_prompts(config.gsm8k, config.num_prompts, config.seed, general=config.general_prompts)
     prompts = [p for p in prompts for _ in range(config.completions_per_prompt)]
     batches = [prompts[i:i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
     todo = [i for i in range(len(batches)) if not shard_path(out_dir, i).exists()]
     if not todo:
         return out_dir
-    model, tokenizer = load_causal_lm(config.verifier)
+    engine = VllmEngine(config) if config.engine == "vllm" else TransformersEngine(config)
     tokens = 0
     started = time.perf_counter()
     with tqdm(total=len(batches), initial=len(batches) - len(todo), desc="teacher", file=sys.stderr) as bar:
         for index in todo:
-            records = generate_batch(model, tokenizer, batches[index], config, config.seed * 100_003 + index)
+            records = engine.generate(batches[index], config.seed * 100_003 + index)
             partial = shard_path(out_dir, index).with_suffix(".tmp")
             partial.write_text("".join(json.dumps(r) + "\n" for r in records))
             os.replace(partial, shard_path(out_dir, index))
@@ -101,5 +150,6 @@ def generate_teacher_data(config: TeacherConfig, out_dir: str | Path) -> Path:
             bar.set_postfix(tokens=tokens, tok_s=f"{rate:.1f}")
             bar.update(1)
             with open(out_dir / "progress.log", "a") as log:
-                log.write(f"{time.strftime('%H:%M:%S')} shard {index} done, {tokens} tokens this run, {rate:.1f} tok/s\n")
+                log.write(f"{time.strftime('%H:%M:%S')} shard {index} done ({config.engine}), "
+                          f"{tokens} tokens this run, {rate:.1f} tok/s\n")
     return out_dir

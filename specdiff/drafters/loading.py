@@ -15,6 +15,7 @@ from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_df
 from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
 from specdiff.drafters.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, load_diffusion_lm, shipped_drafter_dir
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, dflash_drafter_folder
 from specdiff.models.loading import DTYPES, load_causal_lm, resolve_model_folder
 
 DRAFTER_KINDS = ("auto", "ar", "diffusion", "dflash")
@@ -56,8 +57,8 @@ def diffusion_folder(spec: str) -> Path | None:
 
 def check_drafter_spec(spec: str) -> None:
     """Fail at once (before any model loads) when ``spec`` names no drafter that can be found."""
-    if diffusion_folder(spec) is None and not is_dflash_folder(spec):
-        resolve_model_folder(spec, other_names=(*SHIPPED_DRAFTERS, "none"))
+    if diffusion_folder(spec) is None and not is_dflash_folder(spec) and spec not in SHIPPED_DFLASH:
+        resolve_model_folder(spec, other_names=(*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, "none"))
 
 
 def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str = "float32", verifier_model=None):
@@ -70,6 +71,8 @@ def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str 
     ``config.layers`` layers (default 1) for it. DFlash drafters use the verifier's embedding
     and head, so they need ``verifier_model`` and come without a tokenizer of their own."""
     kind, num_layers, steps = config.kind, config.layers, config.steps
+    if kind in ("auto", "dflash") and spec in SHIPPED_DFLASH:
+        spec = str(dflash_drafter_folder(spec))  # built in the model cache on first use
     if kind in ("auto", "dflash") and is_dflash_folder(spec):
         _need_verifier(verifier_model)
         return ConditionedDrafter(load_dflash(spec, verifier_model.config, DTYPES[dtype]), verifier_model), None
@@ -80,7 +83,7 @@ def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str 
     if folder is not None and kind in ("auto", "diffusion"):
         network, tokenizer = load_diffusion_lm(folder, dtype)
         return DiffusionDrafter(network, steps=steps), tokenizer
-    model, tokenizer = load_causal_lm(spec, dtype, other_names=(*SHIPPED_DRAFTERS, "none"))
+    model, tokenizer = load_causal_lm(spec, dtype, other_names=(*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, "none"))
     if kind == "diffusion":
         return DiffusionDrafter(diffusion_lm_from_causal_lm(model, num_layers), steps=steps), tokenizer
     return AutoregressiveDrafter(model), tokenizer

@@ -1,0 +1,153 @@
+"""Shipped DFlash drafters: small delta files in the package, the vLLM layout in the model cache.
+
+A trained DFlash drafter is ~54M parameters (one Qwen2.5-1.5B-sized layer and ``fc``):
+too big to ship as is. Its repository form is ``dflash.json`` (the drafter's config.json,
+the verifier it was trained for, which verifier layer each draft layer started from, and
+the model card facts) plus ``deltas.safetensors``:
+
+- ``<name>.delta_A`` [r, in] / ``<name>.delta_B`` [out, r] in bf16 for a weight matrix whose
+  draft layer started as a copy of a verifier layer: the trained weight is the verifier's
+  weight + B @ A (a rank-r truncation of what training changed);
+- ``<name>`` in bf16 for everything else (``fc``, norms, biases, matrices without a source).
+
+On first use the verifier's source weights are read from its prepared folder and the full
+drafter is written, in the layout vLLM and ``load_dflash`` read, to
+``<cache>/drafters/<name>`` (atomically, so an interrupted build is redone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+SHIPPED_DFLASH = {"specdiff-dflash-qwen2.5-coder-1.5b": "specdiff_dflash_qwen2.5_coder_1.5b"}
+SPEC_FILE, DELTAS_FILE = "dflash.json", "deltas.safetensors"
+
+
+def shipped_dflash_dir(name: str) -> Path | None:
+    if name not in SHIPPED_DFLASH:
+        return None
+    folder = Path(str(resources.files("specdiff") / "artifacts" / SHIPPED_DFLASH[name]))
+    if not (folder / SPEC_FILE).is_file():
+        raise FileNotFoundError(f"the shipped drafter {name!r} is missing from this installation ({folder})")
+    return folder
+
+
+def source_parameter(name: str, source_layers: list[int]) -> str | None:
+    """The verifier parameter a draft parameter started from: ``layers.i.X`` <- ``model.layers.<source_layers[i]>.X``."""
+    parts = name.split(".")
+    if parts[0] != "layers" or int(parts[1]) >= len(source_layers):
+        return None
+    return ".".join(["model", "layers", str(source_layers[int(parts[1])]), *parts[2:]])
+
+
+def compress(state: dict[str, torch.Tensor], source: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """Deltas of ``state`` (draft parameter -> tensor) over ``source`` (draft parameter ->
+    the verifier's tensor it started from): rank-``rank`` factors for 2-D weights with a
+    source, bf16 copies for the rest."""
+    deltas = {}
+    for name, tensor in state.items():
+        start = source.get(name)
+        if start is not None and start.shape == tensor.shape and tensor.dim() == 2 and rank < min(tensor.shape):
+            u, s, vh = torch.linalg.svd((tensor.float() - start.float()), full_matrices=False)
+            deltas[f"{name}.delta_B"] = (u[:, :rank] * s[:rank]).to(torch.bfloat16).contiguous()
+            deltas[f"{name}.delta_A"] = vh[:rank].to(torch.bfloat16).contiguous()
+        else:
+            deltas[name] = tensor.to(torch.bfloat16).contiguous()
+    return deltas
+
+
+def expand(deltas: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``compress`` (up to its truncation), in float32."""
+    state = {}
+    for name, tensor in deltas.items():
+        if name.endswith(".delta_A"):
+            continue
+        if name.endswith(".delta_B"):
+            base = name[: -len(".delta_B")]
+            state[base] = source[base].float() + tensor.float() @ deltas[f"{base}.delta_A"].float()
+        else:
+            state[name] = tensor.float()
+    return state
+
+
+def write_shipped(folder: Path, network_folder: Path, verifier: str, source_layers: list[int], rank: int,
+                  card: dict) -> int:
+    """Compress the DFlash folder ``network_folder`` (trained from ``verifier``'s layers
+    ``source_layers``) into ``folder``; returns the bytes written."""
+    state = load_file(str(network_folder / "model.safetensors"))
+    source = read_source(verifier, [n for n in state if source_parameter(n, source_layers)], source_layers,
+                         required=False)  # q/k norms and o_proj's bias have no source in a Qwen2 layer
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(compress(state, source, rank), str(folder / DELTAS_FILE))
+    config = json.loads((network_folder / "config.json").read_text())
+    spec = {"verifier": verifier, "source_layers": source_layers, "rank": rank, "config": config, "card": card}
+    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    extra = [network_folder / "mask_embedding.pt"]
+    for path in extra:
+        if path.is_file():
+            shutil.copy(path, folder / path.name)
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def read_source(verifier: str, names: list[str], source_layers: list[int],
+                required: bool = True) -> dict[str, torch.Tensor]:
+    """The verifier's tensors that draft parameters ``names`` started from, read lazily from
+    its safetensors (the whole model is not loaded); with ``required`` all must exist."""
+    from specdiff.models.loading import resolve_model_folder
+
+    folder = Path(resolve_model_folder(verifier))
+    wanted = {name: source_parameter(name, source_layers) for name in names}
+    found = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            keys = set(handle.keys())
+            for name, key in wanted.items():
+                if key in keys:
+                    found[name] = handle.get_tensor(key)
+    missing = sorted(set(wanted) - set(found))
+    if missing and required:
+        raise ValueError(f"the verifier {verifier} lacks the source weights of {missing[:3]}: is it the right model?")
+    return found
+
+
+def dflash_drafter_folder(spec: str) -> Path | None:
+    """The vLLM-layout folder of the shipped DFlash drafter ``spec`` names (built in the
+    model cache on first use), or None when ``spec`` names no shipped DFlash drafter."""
+    from specdiff.models.prepare import cache_root
+
+    shipped = shipped_dflash_dir(spec)
+    if shipped is None:
+        return None
+    return build_from_shipped(shipped, cache_root() / "drafters" / spec)
+
+
+def build_from_shipped(shipped: Path, target: Path) -> Path:
+    """Write the full drafter of the shipped folder ``shipped`` to ``target`` unless it is
+    already there from the same files; returns ``target``."""
+    stamp = [(shipped / DELTAS_FILE).stat().st_size, (shipped / SPEC_FILE).read_text()]
+    built_from = target / "built-from.json"
+    if built_from.is_file() and json.loads(built_from.read_text()) == stamp:
+        return target
+    spec_data = json.loads(stamp[1])
+    deltas = load_file(str(shipped / DELTAS_FILE))
+    names = sorted({n.removesuffix(".delta_A").removesuffix(".delta_B") for n in deltas if ".delta_" in n})
+    source = read_source(spec_data["verifier"], names, spec_data["source_layers"])
+    work = target.parent / f".{target.name}.{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in expand(deltas, source).items()}, str(work / "model.safetensors"))
+    (work / "config.json").write_text(json.dumps(spec_data["config"], indent=2) + "\n")
+    if (shipped / "mask_embedding.pt").is_file():
+        shutil.copy(shipped / "mask_embedding.pt", work / "mask_embedding.pt")
+    (work / "built-from.json").write_text(json.dumps(stamp) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(work, target)
+    return target

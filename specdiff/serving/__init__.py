@@ -1,0 +1,1 @@
+"""Running specdiff's models and drafters inside vLLM: environment, offline engine, server."""

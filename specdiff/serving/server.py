@@ -1,0 +1,83 @@
+"""``specdiff serve``: vLLM's OpenAI-compatible server with a specdiff drafter.
+
+Resolves named models to their prepared folders (building a shipped DFlash drafter in the
+model cache), refuses a drafter that does not fit the verifier, sets vLLM's CPU
+environment and then becomes ``vllm serve`` (the process is replaced, so signals such as
+SIGTERM reach vLLM directly and it shuts down as it normally does). ``--print-command``
+prints the equivalent plain ``vllm serve`` command line instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+
+from specdiff.models.registry import DEFAULT_VERIFIER
+
+
+def register(commands) -> None:
+    serve = commands.add_parser("serve", help="serve the verifier with a drafter through vLLM's OpenAI API server")
+    serve.add_argument("--verifier", default=DEFAULT_VERIFIER, help="named model or local folder")
+    serve.add_argument("--drafter", default="none",
+                       help="DFlash folder or shipped DFlash drafter, standalone diffusion drafter (name or folder), "
+                            "'ngram' (vLLM's prompt lookup) or 'none' (plain decoding)")
+    serve.add_argument("--gamma", type=int, default=None,
+                       help="draft tokens per step (default: block size - 1 for DFlash drafters, else 4)")
+    serve.add_argument("--drafter-steps", type=int, default=1, help="denoising passes (standalone diffusion drafters)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", default=None, help="model name clients ask for (default: --verifier)")
+    serve.add_argument("--max-model-len", type=int, default=4096)
+    serve.add_argument("--max-num-seqs", type=int, default=16, help="most requests decoded together")
+    serve.add_argument("--kv-cache-gib", type=float, default=None,
+                       help="vLLM's CPU KV-cache space (VLLM_CPU_KVCACHE_SPACE; default: yours, else 4)")
+    serve.add_argument("--dtype", default="float32", help="float32 on CPUs without native bf16")
+    serve.add_argument("--print-command", action="store_true", help="print the vllm serve command and exit")
+    serve.add_argument("vllm_args", nargs=argparse_remainder(), help="after --: more `vllm serve` flags")
+    serve.set_defaults(run=cmd_serve)
+
+
+def argparse_remainder():
+    import argparse
+
+    return argparse.REMAINDER
+
+
+def serve_command(args) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of the vLLM server for the parsed ``specdiff serve`` flags."""
+    from transformers import AutoConfig
+
+    from specdiff.models.loading import resolve_model_folder
+    from specdiff.serving.environment import vllm_environment
+    from specdiff.serving.speculative import speculative_setup
+
+    folder = resolve_model_folder(args.verifier)
+    verifier_config = AutoConfig.from_pretrained(folder)
+    setup = speculative_setup(args.drafter, verifier_config, args.gamma, args.drafter_steps)
+    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", folder,
+            "--served-model-name", args.served_model_name or args.verifier, "--host", args.host,
+            "--port", str(args.port), "--dtype", args.dtype, "--max-model-len", str(args.max_model_len),
+            "--max-num-seqs", str(args.max_num_seqs), "--seed", "0", "--enforce-eager"]
+    if setup.config is not None:
+        argv += ["--speculative-config", json.dumps(setup.config)]
+    argv += [arg for arg in args.vllm_args if arg != "--"]
+    env = vllm_environment(kv_cache_gib=args.kv_cache_gib)
+    env.update(setup.environment)
+    return argv, env
+
+
+def cmd_serve(args) -> int:
+    from specdiff.serving.environment import import_vllm
+
+    argv, env = serve_command(args)
+    if args.print_command:
+        settings = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        print(" ".join([*(f"{k}={shlex.quote(v)}" for k, v in settings.items()), *map(shlex.quote, argv)]))
+        return 0
+    import_vllm()  # a missing or broken vLLM is reported here, in one line
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
+    return 0  # not reached

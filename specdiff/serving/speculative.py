@@ -1,0 +1,57 @@
+"""vLLM's speculative configuration for a specdiff drafter spec, checked before any server starts.
+
+- ``none``: plain decoding;
+- ``ngram``: vLLM's prompt lookup;
+- a DFlash-layout folder or a shipped DFlash drafter name: ``{"method": "dflash"}``, vLLM's
+  native support (the drafter reads the verifier's hidden states);
+- a standalone diffusion drafter (shipped name or saved folder): ``{"method":
+  "custom_class"}`` with specdiff's proposer, told the drafter through the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, read_config
+from specdiff.drafters.loading import diffusion_folder
+from specdiff.serving.proposer import DRAFTER_ENV, STEPS_ENV
+
+PROPOSER_CLASS = "specdiff.serving.proposer.DiffusionProposer"
+NGRAM_MAX, NGRAM_MIN = 4, 2
+DEFAULT_GAMMA = 4  # drafters without a block size of their own
+
+
+@dataclass(frozen=True)
+class SpeculativeSetup:
+    config: dict | None  # vLLM's speculative_config, None for plain decoding
+    environment: dict[str, str] = field(default_factory=dict)  # for the process that runs vLLM
+    kind: str = "none"  # none, ngram, dflash, diffusion
+
+
+def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, steps: int = 1) -> SpeculativeSetup:
+    """The setup for ``drafter`` beside a verifier with ``verifier_config`` (a transformers
+    config); a drafter that does not fit the verifier is refused here, in one line.
+    ``gamma`` None: a DFlash drafter's block size - 1, else ``DEFAULT_GAMMA``."""
+    from specdiff.drafters.shipped_dflash import dflash_drafter_folder
+
+    if gamma is not None and gamma < 1:
+        raise ValueError(f"--gamma must be >= 1, got {gamma}")
+    if drafter == "none":
+        return SpeculativeSetup(None)
+    folder = dflash_drafter_folder(drafter) or (Path(drafter) if is_dflash_folder(drafter) else None)
+    if folder is not None:
+        config = read_config(folder)
+        check_fits(config, verifier_config, str(folder))
+        return SpeculativeSetup({"method": "dflash", "model": str(folder.resolve()),
+                                 "num_speculative_tokens": gamma or config.block_size - 1}, kind="dflash")
+    gamma = gamma or DEFAULT_GAMMA
+    if drafter == "ngram":
+        return SpeculativeSetup({"method": "ngram", "num_speculative_tokens": gamma,
+                                 "prompt_lookup_max": NGRAM_MAX, "prompt_lookup_min": NGRAM_MIN}, kind="ngram")
+    diffusion = diffusion_folder(drafter)
+    if diffusion is not None:
+        return SpeculativeSetup({"method": "custom_class", "model": PROPOSER_CLASS, "num_speculative_tokens": gamma},
+                                {DRAFTER_ENV: str(diffusion), STEPS_ENV: str(steps)}, kind="diffusion")
+    raise ValueError(f"--drafter {drafter!r} is not a DFlash folder, a diffusion drafter, 'ngram' or 'none' "
+                     "(vLLM serves those; `specdiff models list` shows the shipped drafters)")

@@ -1,0 +1,128 @@
+"""Serving through vLLM, the parts that need no vLLM: which speculative configuration a
+drafter gets, refusals before a server starts, the command line, the environment, and the
+custom proposer's bookkeeping (a request's drafter state follows it across batch rows)."""
+
+
+import numpy as np
+import pytest
+from conftest import tiny_causal_lm
+
+from specdiff.cli import main
+from specdiff.drafters.dflash_files import save_dflash
+from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
+from specdiff.drafters.diffusion import DiffusionDrafter
+from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.sampling import SamplingConfig
+from specdiff.serving.environment import vllm_environment
+from specdiff.serving.proposer import DrafterStates
+from specdiff.serving.speculative import PROPOSER_CLASS, speculative_setup
+
+
+@pytest.fixture(scope="module")
+def verifier_config():
+    return tiny_causal_lm("qwen2", seed=0, layers=4).config
+
+
+def dflash_folder(tmp_path, verifier_config, block_size=6):
+    config = dflash_config(verifier_config, 1, block_size=block_size, target_layer_ids=[0, 1])
+    return save_dflash(DFlashNetwork(config), tmp_path / "dflash")
+
+
+def test_each_drafter_kind_gets_its_vllm_method(tmp_path, verifier_config):
+    assert speculative_setup("none", verifier_config).config is None
+    ngram = speculative_setup("ngram", verifier_config, 3).config
+    assert ngram["method"] == "ngram" and ngram["num_speculative_tokens"] == 3
+    folder = dflash_folder(tmp_path, verifier_config, block_size=6)
+    dflash = speculative_setup(str(folder), verifier_config)
+    assert dflash.config == {"method": "dflash", "model": str(folder.resolve()), "num_speculative_tokens": 5}
+    assert speculative_setup(str(folder), verifier_config, 2).config["num_speculative_tokens"] == 2
+    diffusion = speculative_setup("specdiff-qwen2.5-coder-1.5b", verifier_config, 4, steps=2)
+    assert diffusion.config["method"] == "custom_class" and diffusion.config["model"] == PROPOSER_CLASS
+    assert diffusion.environment["SPECDIFF_VLLM_DRAFTER_STEPS"] == "2"
+
+
+def test_drafters_that_cannot_be_served_are_refused_before_any_server(tmp_path, verifier_config):
+    other = tiny_causal_lm("qwen2", seed=0, layers=4).config
+    other.hidden_size = 64
+    folder = dflash_folder(tmp_path, verifier_config)
+    with pytest.raises(ValueError, match="hidden size"):
+        speculative_setup(str(folder), other)
+    with pytest.raises(ValueError, match="not a DFlash folder"):
+        speculative_setup(str(tmp_path / "nothing-here"), verifier_config)
+    with pytest.raises(ValueError, match="--gamma"):
+        speculative_setup("ngram", verifier_config, 0)
+
+
+def test_serve_prints_the_vllm_command_it_would_run(tiny_model_dir, tmp_path, capsys, verifier_config):
+    folder = dflash_folder(tmp_path, tiny_causal_lm("qwen2", seed=4).config)
+    assert main(["serve", "--verifier", str(tiny_model_dir), "--drafter", str(folder), "--port", "8123",
+                 "--print-command"]) == 0
+    line = capsys.readouterr().out
+    assert "vllm.entrypoints.cli.main serve " + str(tiny_model_dir) in line and "--port 8123" in line
+    assert '"method": "dflash"' in line and "VLLM_CPU_KVCACHE_SPACE=" in line
+
+
+def test_serve_without_vllm_says_which_extra_to_install(tiny_model_dir, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_vllm(name, *args, **kwargs):
+        if name == "vllm" or name.startswith("vllm."):
+            raise ImportError("No module named 'vllm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    assert main(["serve", "--verifier", str(tiny_model_dir), "--drafter", "none"]) == 2
+    assert "specdiff[vllm]" in capsys.readouterr().err
+
+
+def test_vllm_environment_keeps_the_users_settings(tmp_path):
+    env = vllm_environment({"VLLM_CPU_KVCACHE_SPACE": "9", "LD_PRELOAD": "/x.so"})
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "9" and "/x.so" in env["LD_PRELOAD"].split(":")
+    assert vllm_environment({}, kv_cache_gib=2)["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+def argmax_draft(drafter, gamma=4):
+    return drafter.draft(gamma, SamplingConfig(), greedy_first=True).tokens[0].tolist()
+
+
+def test_a_requests_drafter_state_follows_it_across_batch_rows():
+    network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
+    states = DrafterStates(lambda: DiffusionDrafter(network))
+    first, second = [1, 2, 3, 4, 5], [9, 8, 7]
+    original = states.drafter_for(first)
+    argmax_draft(original)  # its cache now holds the prefix
+    states.drafter_for(second)
+    grown = first + [6, 7, 8]  # the request moved rows and committed three tokens
+    kept = states.drafter_for(grown)
+    assert kept is original and kept._tokens == grown and kept._num_cached == len(first) - 1
+    fresh = DiffusionDrafter(network)
+    fresh.start(grown)
+    assert argmax_draft(kept) == argmax_draft(fresh)
+    assert states.drafter_for(second)._tokens == second
+    assert len(states._states) == 2
+
+
+def test_finished_requests_states_are_dropped_oldest_first():
+    network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
+    states = DrafterStates(lambda: DiffusionDrafter(network), capacity=2)
+    for start in (1, 2, 3):
+        states.drafter_for([start, 4, 5])
+    assert [known for known, _ in states._states.values()] == [[2, 4, 5], [3, 4, 5]]
+
+
+def test_proposer_drafts_what_a_fresh_drafter_drafts(monkeypatch):
+
+    from specdiff.serving import proposer as proposer_module
+
+    network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
+    proposer = proposer_module.DiffusionProposer.__new__(proposer_module.DiffusionProposer)
+    proposer.gamma, proposer.max_model_len = 4, 64
+    proposer.states = DrafterStates(lambda: DiffusionDrafter(network))
+    rows = np.zeros((2, 64), dtype=np.int64)
+    rows[0, :5], rows[1, :3] = [1, 2, 3, 4, 5], [9, 8, 7]
+    drafts = proposer.propose([[5], []], np.array([5, 3]), rows)
+    fresh = DiffusionDrafter(network)
+    fresh.start([1, 2, 3, 4, 5])
+    assert drafts == [argmax_draft(fresh), []]  # row 1 sampled nothing this step: no draft
