@@ -178,9 +178,10 @@ def _extra_commands():
     from specdiff.bench.cli import register as register_bench
     from specdiff.bench.draft_cost import register as register_draft_cost
     from specdiff.calibrate.cli import register as register_calibrate
+    from specdiff.serving.load_test import register as register_bench_serve
     from specdiff.serving.server import register as register_serve
 
-    return [register_calibrate, register_bench, register_draft_cost, register_serve]
+    return [register_calibrate, register_bench, register_draft_cost, register_serve, register_bench_serve]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,3 +79,22 @@ def random_teacher_shard(folder, records: int = 5, prompt_len: int = 6, completi
             for _ in range(records)]
     (folder / "shard-00000.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
+
+
+def sharp_random_drafter(verifier_config, block_size: int = 8):
+    """Random weights, with per-head q/k norms scaled up so that attention is sharp: every
+    slot and every context then drafts a different token (a flat random drafter drafts
+    one token everywhere, which would hide a slot or position offset)."""
+    from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
+
+    network = DFlashNetwork(dflash_config(verifier_config, 2, block_size, [2, 15, 27], mask_token_id=0),
+                            separate_mask_embedding=True)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in network.named_parameters():
+            if param.ndim == 2:
+                param.normal_(0, 0.1, generator=generator)
+            if "q_norm" in name or "k_norm" in name:
+                param.fill_(6.0)
+        network.mask_embedding.normal_(0, 1, generator=generator)
+    return network

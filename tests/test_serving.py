@@ -126,3 +126,28 @@ def test_proposer_drafts_what_a_fresh_drafter_drafts(monkeypatch):
     fresh = DiffusionDrafter(network)
     fresh.start([1, 2, 3, 4, 5])
     assert drafts == [argmax_draft(fresh), []]  # row 1 sampled nothing this step: no draft
+
+
+def test_the_load_client_keeps_at_most_the_level_in_flight_and_counts_tokens():
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from specdiff.serving.load_test import percentile, run_level
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def create(**kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.02)
+        with lock:
+            state["now"] -= 1
+        return SimpleNamespace(usage=SimpleNamespace(completion_tokens=kwargs["max_tokens"]))
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    result = run_level(client, "m", ["a"] * 12, concurrency=3, max_tokens=5)
+    assert state["most"] == 3 and result.requests == 12 and result.completion_tokens == 60
+    assert result.tokens_per_s == pytest.approx(60 / result.wall_seconds)
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0 and percentile([1.0, 2.0, 3.0, 4.0], 0.9) == 4.0

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import sharp_random_drafter
 
 from specdiff.bench.equality import TIE_MARGIN, explain_divergence
 from specdiff.drafters.conditioned import ConditionedDrafter
 from specdiff.drafters.dflash_files import load_dflash, save_dflash
-from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
 from specdiff.engine import DecodingConfig, autoregressive_generate
 from specdiff.models.loading import load_causal_lm
 from specdiff.models.prepare import prepare
@@ -28,7 +28,9 @@ from specdiff.prompting import encode_prompt
 from specdiff.verifier import Verifier
 
 ROOT = Path(__file__).resolve().parent.parent
-VLLM_PYTHON = Path(os.environ.get("SPECDIFF_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+# This environment when it has vLLM (one environment can hold both), else .venv-vllm.
+VLLM_PYTHON = Path(os.environ.get("SPECDIFF_VLLM_PYTHON") or (
+    sys.executable if importlib.util.find_spec("vllm") else ROOT / ".venv-vllm" / "bin" / "python"))
 GAMMA, MAX_NEW = 6, 32
 
 pytestmark = [
@@ -38,28 +40,11 @@ pytestmark = [
 ]
 
 
-def sharp_random_drafter(verifier_config) -> DFlashNetwork:
-    """Random weights, with per-head q/k norms scaled up so that attention is sharp: every
-    slot and every context then drafts a different token (a flat random drafter drafts
-    one token everywhere, which would hide a slot or position offset)."""
-    network = DFlashNetwork(dflash_config(verifier_config, 2, GAMMA + 2, [2, 15, 27], mask_token_id=0),
-                            separate_mask_embedding=True)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in network.named_parameters():
-            if param.ndim == 2:
-                param.normal_(0, 0.1, generator=generator)
-            if "q_norm" in name or "k_norm" in name:
-                param.fill_(6.0)
-        network.mask_embedding.normal_(0, 1, generator=generator)
-    return network
-
-
 def test_vllm_and_specdiff_draft_the_same_blocks(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECDIFF_CACHE", str(tmp_path / "cache"))
     verifier_dir = prepare("smollm2-135m-instruct")
     model, tokenizer = load_causal_lm(str(verifier_dir))
-    save_dflash(sharp_random_drafter(model.config), tmp_path / "drafter")
+    save_dflash(sharp_random_drafter(model.config, GAMMA + 2), tmp_path / "drafter")
     prompt = encode_prompt(tokenizer, "Write a Python function that reverses a string.")[0].tolist()
     out = tmp_path / "vllm.json"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}

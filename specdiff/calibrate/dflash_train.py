@@ -12,9 +12,9 @@ accepted streak), or the others in ``calibrate/losses.py``.
 Initialisation ``verifier`` copies the verifier's last ``num_layers`` decoder layers into
 the draft layers (with their q/k/v biases, so the config gets ``attention_bias``; o_proj's
 bias starts at zero) and its final norm into ``norm``; ``fc`` starts by passing the deepest
-target layer through. ``random`` is transformers' default initialisation except ``norm``,
-which feeds the verifier's LM head and so starts as the verifier's final norm (with unit
-weights the logits start too flat and take thousands of steps to sharpen).
+target layer through. ``random`` is transformers' default initialisation (as DFlash's own
+training starts; the verifier's final norm on random layers gives confidently wrong
+logits: a loss near 30 at the start, measured).
 
 With ``holdout_records`` the last teacher records are kept out of training and the
 teacher-forced acceptance on them is logged at every checkpoint.
@@ -58,6 +58,7 @@ class DFlashTrainConfig:
     verifier: str = DEFAULT_VERIFIER
     teacher: str = "runs/teacher"  # `specdiff calibrate data` output (use --temperature 0: greedy)
     num_layers: int = 1
+    intermediate_size: int = 0  # MLP width of the draft layers; 0: the verifier's
     target_layers: str = ""  # comma-separated verifier layer ids; empty: DFlash's default
     gamma: int = 8  # draft slots per block (block size gamma + 1)
     init: str = "verifier"
@@ -75,6 +76,8 @@ class DFlashTrainConfig:
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.intermediate_size < 0:
+            raise ValueError(f"--intermediate-size must be >= 0 (0: the verifier's), got {self.intermediate_size}")
         if min(self.num_layers, self.gamma, self.steps, self.anchors_per_step, self.checkpoint_every) < 1:
             raise ValueError("--num-layers, --gamma, --steps, --anchors-per-step and --checkpoint-every must be >= 1")
 
@@ -85,15 +88,13 @@ def build_network(cfg: DFlashTrainConfig, verifier_model, sample_ids: torch.Tens
     layer_ids = [int(x) for x in cfg.target_layers.split(",") if x.strip()] or None
     from_verifier = cfg.init == "verifier"
     config = dflash_config(verifier_model.config, cfg.num_layers, cfg.gamma + 1, layer_ids,
-                           attention_bias=from_verifier and bool(getattr(verifier_model.config, "attention_bias", True)))
+                           attention_bias=from_verifier and bool(getattr(verifier_model.config, "attention_bias", True)),
+                           intermediate_size=cfg.intermediate_size or None)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         network = DFlashNetwork(config)
     if from_verifier:
         init_from_verifier(network, verifier_model, sample_ids)
-    else:
-        with torch.no_grad():  # the head's scale: the LM head is the verifier's, so is the norm before it
-            network.norm.weight.copy_(verifier_model.model.norm.weight)
     return network
 
 

@@ -138,16 +138,18 @@ class DFlashNetwork(nn.Module):
 
 def dflash_config(verifier_config, num_layers: int = 1, block_size: int = 8,
                   target_layer_ids: list[int] | None = None, mask_token_id: int | None = None,
-                  attention_bias: bool = False) -> Qwen3Config:
+                  attention_bias: bool = False, intermediate_size: int | None = None) -> Qwen3Config:
     """A DFlash drafter config with the verifier's width and head layout. The MASK id
     defaults to the verifier's last embedding row (unused by Qwen's tokenizer).
-    ``attention_bias`` gives q/k/v/o projections biases (to start from Qwen2 layers)."""
+    ``attention_bias`` gives q/k/v/o projections biases (to start from Qwen2 layers);
+    ``intermediate_size`` (default: the verifier's) sets the MLP width, which the layout
+    leaves free."""
     num_target = verifier_config.num_hidden_layers
     heads = verifier_config.num_attention_heads
     return Qwen3Config(
         architectures=["DFlashDraftModel"],
         hidden_size=verifier_config.hidden_size,
-        intermediate_size=verifier_config.intermediate_size,
+        intermediate_size=intermediate_size or verifier_config.intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=heads,
         num_key_value_heads=verifier_config.num_key_value_heads,

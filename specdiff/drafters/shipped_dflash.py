@@ -8,7 +8,9 @@ the model card facts) plus ``deltas.safetensors``:
 - ``<name>.delta_A`` [r, in] / ``<name>.delta_B`` [out, r] in bf16 for a weight matrix whose
   draft layer started as a copy of a verifier layer: the trained weight is the verifier's
   weight + B @ A (a rank-r truncation of what training changed);
-- ``<name>`` in bf16 for everything else (``fc``, norms, biases, matrices without a source).
+- ``<name>.int8`` [out, in] and ``<name>.scale`` [out] (fp16) for other matrices (``fc``,
+  layers trained from scratch): symmetric per-row int8, about a quarter of fp32;
+- ``<name>`` in bf16 for vectors (norms, biases).
 
 On first use the verifier's source weights are read from its prepared folder and the full
 drafter is written, in the layout vLLM and ``load_dflash`` read, to
@@ -51,7 +53,7 @@ def source_parameter(name: str, source_layers: list[int]) -> str | None:
 def compress(state: dict[str, torch.Tensor], source: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
     """Deltas of ``state`` (draft parameter -> tensor) over ``source`` (draft parameter ->
     the verifier's tensor it started from): rank-``rank`` factors for 2-D weights with a
-    source, bf16 copies for the rest."""
+    source, per-row int8 for other 2-D weights, bf16 copies of vectors."""
     deltas = {}
     for name, tensor in state.items():
         start = source.get(name)
@@ -59,6 +61,10 @@ def compress(state: dict[str, torch.Tensor], source: dict[str, torch.Tensor], ra
             u, s, vh = torch.linalg.svd((tensor.float() - start.float()), full_matrices=False)
             deltas[f"{name}.delta_B"] = (u[:, :rank] * s[:rank]).to(torch.bfloat16).contiguous()
             deltas[f"{name}.delta_A"] = vh[:rank].to(torch.bfloat16).contiguous()
+        elif tensor.dim() == 2:
+            scale = tensor.float().abs().amax(dim=1).clamp_min(1e-12) / 127
+            deltas[f"{name}.int8"] = (tensor.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+            deltas[f"{name}.scale"] = scale.to(torch.float16)
         else:
             deltas[name] = tensor.to(torch.bfloat16).contiguous()
     return deltas
@@ -68,9 +74,12 @@ def expand(deltas: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> 
     """The inverse of ``compress`` (up to its truncation), in float32."""
     state = {}
     for name, tensor in deltas.items():
-        if name.endswith(".delta_A"):
+        if name.endswith((".delta_A", ".scale")):
             continue
-        if name.endswith(".delta_B"):
+        if name.endswith(".int8"):
+            base = name[: -len(".int8")]
+            state[base] = tensor.float() * deltas[f"{base}.scale"].float()[:, None]
+        elif name.endswith(".delta_B"):
             base = name[: -len(".delta_B")]
             state[base] = source[base].float() + tensor.float() @ deltas[f"{base}.delta_A"].float()
         else:

