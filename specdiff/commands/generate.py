@@ -1,0 +1,136 @@
+"""``specdiff generate``: model and decoding flags, loading the verifier and drafter, streaming text."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+
+from specdiff.models.registry import DEFAULT_VERIFIER
+
+DEFAULT_DRAFTER = "specdiff-qwen2.5-coder-1.5b"
+
+
+def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    from specdiff.engine import DecodingConfig
+
+    parser.add_argument("--gamma", type=int, default=DecodingConfig.gamma,
+                        help=f"draft length (default {DecodingConfig.gamma}: fastest measured on a CPU; "
+                             "on GPUs, where a 17-token verification pass costs about as much as a 1-token one, "
+                             "try the paper's 16)")
+    parser.add_argument("--num-drafts", type=int, default=1, help="K drafts per step (self-selection)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="verifier temperature, 0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--draft-temperature", type=float, default=None,
+                        help="drafter temperature (default: the verifier's)")
+    parser.add_argument("--argmax-candidate", action=argparse.BooleanOptionalAction, default=True,
+                        help="greedy decoding with K > 1: candidate 0 is the drafter's argmax draft (default: on)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    from specdiff.config_args import add_dataclass_args
+    from specdiff.drafters.loading import DrafterConfig
+
+    parser.add_argument("--verifier", default=DEFAULT_VERIFIER, help="named model, local folder or Hub id")
+    parser.add_argument("--drafter", default=DEFAULT_DRAFTER,
+                        help="named drafter, saved diffusion drafter folder, DFlash-layout folder, causal LM, "
+                             "or 'none' for plain decoding")
+    add_dataclass_args(parser, DrafterConfig, prefix="drafter_")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+
+
+@contextlib.contextmanager
+def naming_flag(flag: str):
+    """Prefix a setting's ValueError with the command-line flag that carried it."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+
+
+def decoding_config(args):
+    from specdiff.engine import DecodingConfig
+    from specdiff.sampling import SamplingConfig
+
+    with naming_flag("--temperature/--top-k/--top-p"):
+        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    draft_sampling = None
+    if args.draft_temperature is not None:
+        with naming_flag("--draft-temperature"):
+            draft_sampling = SamplingConfig(temperature=args.draft_temperature)
+    return DecodingConfig(gamma=args.gamma, num_drafts=args.num_drafts, max_new_tokens=args.max_new_tokens,
+                          sampling=sampling, draft_sampling=draft_sampling, seed=args.seed,
+                          argmax_candidate=args.argmax_candidate)
+
+
+def load_pair(args):
+    """(verifier model, tokenizer, drafter or None); checks the tokenizers match. Settings
+    and the drafter spec are checked before any model loads."""
+    from specdiff.config_args import dataclass_from_args
+    from specdiff.drafters.loading import DrafterConfig, check_drafter_spec, load_drafter
+    from specdiff.models.loading import check_same_tokenizer, load_causal_lm
+
+    drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
+    if args.drafter.lower() != "none":
+        check_drafter_spec(args.drafter)
+    model, tokenizer = load_causal_lm(args.verifier, args.dtype)
+    drafter = None
+    if args.drafter.lower() != "none":
+        drafter, drafter_tokenizer = load_drafter(args.drafter, drafter_config, args.dtype, model)
+        if drafter_tokenizer is not None:  # DFlash drafters use the verifier's own embedding and head
+            check_same_tokenizer(tokenizer, drafter_tokenizer)
+    return model, tokenizer, drafter
+
+
+def cmd_generate(args) -> int:
+    from specdiff.engine import stream_generate
+    from specdiff.prompting import encode_prompt, eos_token_ids
+    from specdiff.verifier import Verifier
+
+    config = decoding_config(args)
+    model, tokenizer, drafter = load_pair(args)
+    prompt_ids = encode_prompt(tokenizer, args.prompt, chat=not args.raw)
+    verifier = Verifier(model)
+    tokens, steps, shown = [], [], ""
+    started = time.perf_counter()
+    for step in stream_generate(prompt_ids, verifier, drafter, config, eos_token_ids(model, tokenizer)):
+        steps.append(step)
+        tokens.extend(step.new_tokens)
+        if not args.json:
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    seconds = time.perf_counter() - started
+    tau = len(tokens) / max(1, len(steps))
+    if args.json:
+        print(json.dumps({
+            "text": tokenizer.decode(tokens, skip_special_tokens=True),
+            "token_ids": tokens,
+            "new_tokens": len(tokens),
+            "verifier_calls": len(steps),
+            "tau": tau,
+            "tokens_per_s": len(tokens) / seconds,
+            "seconds": seconds,
+            "accepted_lengths": [step.accepted for step in steps],
+            "chosen_candidates": [step.candidate for step in steps],
+            "draft_seconds": sum(step.draft_seconds for step in steps),
+            "verify_seconds": sum(step.verify_seconds for step in steps),
+        }))
+    else:
+        print(f"\n\n[{len(tokens)} tokens, {len(steps)} verifier calls, tau {tau:.2f}, "
+              f"{len(tokens) / seconds:.2f} tokens/s]")
+    return 0
+
+
+def register(commands) -> None:
+    generate = commands.add_parser("generate", help="generate text")
+    add_model_args(generate)
+    add_decoding_args(generate)
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--raw", action="store_true", help="send the prompt as raw text, without the chat template")
+    generate.add_argument("--json", action="store_true", help="print one JSON object")
+    generate.set_defaults(run=cmd_generate)

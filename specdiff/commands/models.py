@@ -1,0 +1,36 @@
+"""``specdiff models``: list and prepare the named models shipped as PyPI packages."""
+
+from __future__ import annotations
+
+import time
+
+
+def cmd_models_list(args) -> int:
+    from specdiff.models.prepare import is_installed, is_prepared, prepared_dir
+    from specdiff.models.registry import PACKAGED_MODELS
+
+    print(f"{'name':32} {'size':>9}  {'installed':9}  {'prepared':8}  role")
+    for model in PACKAGED_MODELS.values():
+        print(f"{model.name:32} {model.size / 1e6:7.0f}MB  {'yes' if is_installed(model) else 'no':9}  "
+              f"{'yes' if is_prepared(model) else 'no':8}  {model.description}")
+    print(f"\ncache: {prepared_dir(next(iter(PACKAGED_MODELS.values()))).parent} (set SPECDIFF_CACHE to move it)")
+    return 0
+
+
+def cmd_models_prepare(args) -> int:
+    from specdiff.models.prepare import prepare
+
+    started = time.perf_counter()
+    folder = prepare(args.name, force=args.force)
+    print(f"{args.name} ready in {folder} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def register(commands) -> None:
+    models = commands.add_parser("models", help="named models shipped as PyPI packages")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    model_commands.add_parser("list", help="list named models").set_defaults(run=cmd_models_list)
+    prepare = model_commands.add_parser("prepare", help="verify and convert a named model once")
+    prepare.add_argument("name")
+    prepare.add_argument("--force", action="store_true", help="rebuild the cache entry (e.g. after it was damaged)")
+    prepare.set_defaults(run=cmd_models_prepare)
