@@ -152,3 +152,18 @@ def test_held_out_records_are_not_trained_on_and_their_acceptance_is_logged(tiny
         accept = note["heldout_accept"]
         assert len(accept) == tiny_dflash_run.gamma and all(a >= b for a, b in zip(accept, accept[1:]))
         assert note["heldout_tau"] == pytest.approx(1 + sum(accept), abs=1e-2)
+
+
+def test_ship_command_refuses_a_drafter_over_the_size_limit(tiny_dflash_run, tiny_model_dir, tmp_path, capsys):
+    from specdiff.cli import main
+    from specdiff.drafters.dflash_files import save_dflash
+    from specdiff.models.loading import load_causal_lm
+
+    verifier, _ = load_causal_lm(str(tiny_model_dir))
+    trained = save_dflash(build_network(replace(tiny_dflash_run, init="random"), verifier), tmp_path / "trained")
+    common = ["calibrate", "ship-dflash", "--drafter", str(trained), "--verifier", str(tiny_model_dir)]
+    assert main([*common, "--out", str(tmp_path / "small")]) == 0
+    assert main([*common, "--out", str(tmp_path / "big"), "--max-mb", "0.001"]) == 2
+    assert "over --max-mb 0.001" in capsys.readouterr().err
+    assert main([*common[:3], str(tmp_path), *common[4:], "--out", str(tmp_path / "x")]) == 2
+    assert "is not a DFlash folder" in capsys.readouterr().err

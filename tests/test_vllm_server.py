@@ -1,7 +1,7 @@
 """`specdiff serve` for real: vLLM's OpenAI server on 127.0.0.1 with SmolLM2-135M and a tiny
 DFlash drafter made here, queried through the `openai` client, beside a plain server.
 
-Needs vLLM and the openai client in this environment (``pip install -e ".[test,gguf,vllm]"``,
+Needs vLLM and the openai client in this environment (``pip install -e ".[test,gguf,bench,vllm]"``,
 README "Serving with vLLM"); marked ``vllm``: ``python -m pytest -m vllm``. About 2 minutes.
 """
 
@@ -77,9 +77,14 @@ def servers(tmp_path_factory):
         for name, (process, port) in started.items():
             wait_ready(process, port, folder / f"{name}.log")
         yield {name: port for name, (_, port) in started.items()}, started, folder
-    finally:
+    finally:  # SIGTERM first: a killed server would leave its engine processes behind
         for process, _ in started.values():
             if process.poll() is None:
+                process.terminate()
+        for process, _ in started.values():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
                 process.kill()
 
 

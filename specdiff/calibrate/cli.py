@@ -45,6 +45,7 @@ def register(commands) -> None:
     add_dataclass_args(train, TrainConfig)
     train.set_defaults(run=cmd_train)
     register_train_dflash(sub)
+    register_ship_dflash(sub)
     register_eval(sub)
 
 
@@ -64,6 +65,45 @@ def register_train_dflash(sub) -> None:
     train.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (resume later)")
     add_dataclass_args(train, DFlashTrainConfig)
     train.set_defaults(run=cmd_train_dflash)
+
+
+SHIP_LIMIT_MB = 25  # what a drafter may add to the repository
+
+
+def cmd_ship_dflash(args) -> int:
+    import json
+    from pathlib import Path
+
+    from specdiff.drafters.dflash_files import is_dflash_folder
+    from specdiff.drafters.shipped_dflash import write_shipped
+
+    drafter, out = Path(args.drafter), Path(args.out)
+    if not is_dflash_folder(drafter):
+        raise ValueError(f"--drafter {drafter} is not a DFlash folder (a run's final/ or checkpoint-N/)")
+    card = json.loads(Path(args.card).read_text()) if args.card else {}
+    source_layers = [int(x) for x in args.source_layers.split(",") if x.strip()]
+    size = write_shipped(out, drafter, args.verifier, source_layers, args.rank, card)
+    print(f"{out}: {size / 1e6:.1f} MB")
+    if size > args.max_mb * 1e6:
+        raise ValueError(f"{out} is {size / 1e6:.1f} MB, over --max-mb {args.max_mb}: lower --rank or train a "
+                         "smaller drafter (--intermediate-size)")
+    return 0
+
+
+def register_ship_dflash(sub) -> None:
+    from specdiff.models.registry import DEFAULT_VERIFIER
+
+    ship = sub.add_parser("ship-dflash", help="compress a trained DFlash drafter into the small form the package ships")
+    ship.add_argument("--drafter", required=True, help="a DFlash folder (final/ or checkpoint-N/ of a run)")
+    ship.add_argument("--out", required=True, help="e.g. specdiff/artifacts/specdiff_dflash_qwen2.5_coder_1.5b")
+    ship.add_argument("--verifier", default=DEFAULT_VERIFIER, help="the verifier it was trained for")
+    ship.add_argument("--source-layers", default="",
+                      help="verifier layer each draft layer started from (--init verifier: its last layers); "
+                           "empty for --init random")
+    ship.add_argument("--rank", type=int, default=64, help="rank of the deltas over source layers")
+    ship.add_argument("--card", default="", help="JSON file of model-card facts to store with it")
+    ship.add_argument("--max-mb", type=float, default=SHIP_LIMIT_MB)
+    ship.set_defaults(run=cmd_ship_dflash)
 
 
 def cmd_eval(args) -> int:
