@@ -167,3 +167,29 @@ def test_ship_command_refuses_a_drafter_over_the_size_limit(tiny_dflash_run, tin
     assert "over --max-mb 0.001" in capsys.readouterr().err
     assert main([*common[:3], str(tmp_path), *common[4:], "--out", str(tmp_path / "x")]) == 2
     assert "is not a DFlash folder" in capsys.readouterr().err
+
+
+def test_a_training_vocabulary_is_the_full_softmax_renormalised_over_its_rows(tiny_dflash_run, tiny_model_dir):
+    from specdiff.calibrate.data import TeacherSequences, window_starts
+    from specdiff.calibrate.dflash_train import BlockObjective, training_vocabulary
+    from specdiff.calibrate.teacher import read_shards
+    from specdiff.models.loading import load_causal_lm
+
+    verifier, _ = load_causal_lm(str(tiny_model_dir))
+    records = read_shards(tiny_dflash_run.teacher)
+    vocabulary = training_vocabulary(verifier.config.vocab_size, 4, records)
+    seen = {t for r in records for t in r["prompt_ids"] + r["completion_ids"]}
+    assert vocabulary.tolist() == sorted(set(range(4)) | seen)
+    assert training_vocabulary(verifier.config.vocab_size, 0, records) is None
+    network = build_network(replace(tiny_dflash_run, init="random"), verifier)
+    sequence = TeacherSequences(records, 64).sequence(0)
+    blocks = make_anchor_blocks(sequence.ids, window_starts(sequence, 4, __import__("random").Random(0)), 4,
+                                network.mask_token_id)
+    reduced = BlockObjective(network, verifier, vocabulary=vocabulary)
+    _, log_q_reduced, _ = reduced(sequence.ids, blocks, "ce_decay")
+    _, log_q_full, _ = reduced(sequence.ids, blocks, "ce_decay", full_vocabulary=True)
+    assert torch.allclose(log_q_full, BlockObjective(network, verifier)(sequence.ids, blocks, "ce_decay")[1])
+    # fewer rows: each target keeps its logit and loses competitors, so its log-probability rises
+    assert (log_q_reduced >= log_q_full - 1e-5).all() and not torch.allclose(log_q_reduced, log_q_full)
+    everything = BlockObjective(network, verifier, vocabulary=torch.arange(verifier.config.vocab_size))
+    assert torch.allclose(everything(sequence.ids, blocks, "ce_decay")[1], log_q_full, atol=1e-5)

@@ -19,6 +19,7 @@ import pytest
 from conftest import sharp_random_drafter
 
 from specdiff.drafters.dflash_files import save_dflash
+from specdiff.drafters.files import save_drafter
 from specdiff.models.loading import load_causal_lm
 from specdiff.models.prepare import prepare
 
@@ -66,13 +67,17 @@ def servers(tmp_path_factory):
     env = {**os.environ, "SPECDIFF_CACHE": str(folder / "cache")}
     os.environ["SPECDIFF_CACHE"] = env["SPECDIFF_CACHE"]
     try:
-        model, _ = load_causal_lm(str(prepare(MODEL)))
+        prepared = prepare(MODEL)
+        model, _ = load_causal_lm(str(prepared))
     finally:
         del os.environ["SPECDIFF_CACHE"]
     save_dflash(sharp_random_drafter(model.config), folder / "drafter")
     del model
+    # a standalone diffusion drafter: SmolLM2's first 8 layers, untrained (served as a custom_class proposer)
+    save_drafter(folder / "diffusion", {}, {"base": str(prepared), "num_layers": 8})
     started = {name: start_server(drafter, folder / f"{name}.log", env)
-               for name, drafter in (("dflash", str(folder / "drafter")), ("plain", "none"))}
+               for name, drafter in (("dflash", str(folder / "drafter")), ("plain", "none"),
+                                     ("diffusion", str(folder / "diffusion")))}
     try:
         for name, (process, port) in started.items():
             wait_ready(process, port, folder / f"{name}.log")
@@ -107,6 +112,15 @@ def test_speculative_chat_completions_equal_plain_vllm(servers):
         metrics = response.read().decode()
     drafts = [line for line in metrics.splitlines() if line.startswith("vllm:spec_decode_num_drafts_total")]
     assert drafts and float(drafts[0].split()[-1]) > 0  # the drafter really drafted
+
+
+def test_the_standalone_diffusion_drafter_serves_losslessly_as_a_custom_proposer(servers):
+    ports, _, _ = servers
+    assert chat(ports["diffusion"]).choices[0].message.content == chat(ports["plain"]).choices[0].message.content
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['diffusion']}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    drafts = [line for line in metrics.splitlines() if line.startswith("vllm:spec_decode_num_drafts_total")]
+    assert drafts and float(drafts[0].split()[-1]) > 0
 
 
 def test_streaming_gives_the_same_text(servers):
