@@ -14,7 +14,27 @@ def cmd_models_list(args) -> int:
         print(f"{model.name:32} {model.size / 1e6:7.0f}MB  {'yes' if is_installed(model) else 'no':9}  "
               f"{'yes' if is_prepared(model) else 'no':8}  {model.description}")
     print(f"\ncache: {prepared_dir(next(iter(PACKAGED_MODELS.values()))).parent} (set SPECDIFF_CACHE to move it)")
+    print("\nshipped drafters (pass the name as --drafter):")
+    for name, kind in shipped_drafters():
+        print(f"  {name:36} {kind}")
     return 0
+
+
+def shipped_drafters() -> list[tuple[str, str]]:
+    """(name, what it is) of every drafter in this installation's package data."""
+    from specdiff.drafters.files import SHIPPED_DRAFTERS, shipped_drafter_dir
+    from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, shipped_dflash_dir
+
+    found = []
+    for names, locate, kind in ((SHIPPED_DRAFTERS, shipped_drafter_dir, "standalone diffusion drafter"),
+                                (SHIPPED_DFLASH, shipped_dflash_dir, "DFlash drafter (reads the verifier's hidden states)")):
+        for name in names:
+            try:
+                locate(name)
+                found.append((name, kind))
+            except FileNotFoundError:
+                continue
+    return found
 
 
 def cmd_models_prepare(args) -> int:
