@@ -18,6 +18,10 @@ def cmd_bench(args) -> int:
         if getattr(args, key) == args.parser_defaults[key]:
             setattr(args, key, value)
     config = dataclass_from_args(BenchConfig, args, settings=dataclass_from_args(MethodSettings, args))
+    if any(name.startswith("vllm") for name in config.methods.split(",")):
+        from specdiff.serving.environment import restart_with_vllm_environment
+
+        restart_with_vllm_environment()  # vLLM's CPU settings must be in place when the process starts
     out = Path(args.out)
     records, unavailable, model, encoded = run_bench(config, out)
     methods = [m for m in config.methods.split(",") if m]
