@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -92,8 +93,22 @@ def test_two_process_ddp_training(tiny_run, tmp_path):
                              "-m", "specdiff.cli", "calibrate", "train", "--out", str(out), *flags],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (out / "final" / "deltas.safetensors").is_file()
     assert len((out / "train.log").read_text().splitlines()) == 4
+    # one process averaging the losses of both ranks' data computes the same gradients
+    settings = TrainConfig(**json.loads((out / "config.json").read_text()))  # exactly the DDP run's
+    train(replace(settings, data_ranks=2), tmp_path / "single")
+    train(settings, tmp_path / "rank0-only")  # rank 0's data alone: a different gradient
+
+    def weights(run):  # checkpoints keep fp32 (the final drafter is bf16)
+        return load_file(str(run / "checkpoint-000004" / "deltas.safetensors"))
+
+    ddp, single, rank0 = weights(out), weights(tmp_path / "single"), weights(tmp_path / "rank0-only")
+    assert ddp.keys() == single.keys()
+    gap = max(float((ddp[n] - single[n]).abs().max()) for n in ddp)
+    other = max(float((ddp[n] - rank0[n]).abs().max()) for n in ddp)
+    assert gap < 1e-5 < other / 10, (gap, other)
+    changed = [n for n in ddp if not torch.equal(ddp[n], load_file(str(out / "checkpoint-000002" / "deltas.safetensors"))[n])]
+    assert changed  # training moved the weights, so equality is not trivial
 
 
 def test_checkpoint_that_would_run_code_is_refused(tiny_run, tmp_path):

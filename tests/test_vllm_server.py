@@ -6,6 +6,7 @@ README "Serving with vLLM"); marked ``vllm``: ``python -m pytest -m vllm``. Abou
 """
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -151,3 +152,24 @@ def test_the_server_shuts_down_cleanly_on_sigterm(servers):
     assert "Traceback" not in log
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+
+
+def test_bench_runs_vllm_methods_checked_against_plain_vllm(servers, tmp_path):
+    _, _, folder = servers
+    out = tmp_path / "bench"
+    run = subprocess.run([str(SPECDIFF), "bench", "--verifier", MODEL, "--methods", "ar,vllm,vllm-ngram,vllm-dflash",
+                          "--dflash-drafter", str(folder / "drafter"), "--gamma-dflash", "4", "--limit", "2",
+                          "--max-new-tokens", "24", "--out", str(out)],
+                         capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "SPECDIFF_CACHE": str(folder / "cache")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == {"ar", "vllm", "vllm-ngram", "vllm-dflash"} and len(records) == 8
+    by_key = {(r["method"], r["question_id"]): r["token_ids"] for r in records}
+    for method in ("vllm-ngram", "vllm-dflash"):
+        for question in {r["question_id"] for r in records}:
+            assert by_key[(method, question)] == by_key[("vllm", question)]
+    dflash = [r for r in records if r["method"] == "vllm-dflash"]
+    assert all(r["spec_counts"]["drafts"] > 0 for r in dflash)  # vLLM's counters were read per request
+    assert "| vllm-dflash | 2 |" in summary

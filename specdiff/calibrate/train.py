@@ -57,6 +57,7 @@ class TrainConfig:
     max_seq_len: int = 320
     checkpoint_every: int = 10
     seed: int = 0
+    data_ranks: int = 1  # each process averages the losses of this many ranks' data: N-process DDP, in one process
 
     @property
     def total_steps(self) -> int:
@@ -197,14 +198,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
     stop_at = cfg.total_steps if stop_after is None else min(cfg.total_steps, step + stop_after)
     while step < stop_at:
         adapting = step < cfg.adapt_steps
-        rng = step_rng(cfg.seed, step, rank)
-        sequence = (adapt if adapting else align).draw(rng)
-        windows = make_windows(sequence.ids, window_starts(sequence, cfg.windows_per_step, rng), cfg.gamma,
-                               network.config.mask_token_id)
         started = time.perf_counter()
-        loss, log_q, greedy_hit = model(sequence.ids, windows, "ce" if adapting else cfg.align_loss)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for data_rank in range(rank * cfg.data_ranks, (rank + 1) * cfg.data_ranks):
+            rng = step_rng(cfg.seed, step, data_rank)
+            sequence = (adapt if adapting else align).draw(rng)
+            windows = make_windows(sequence.ids, window_starts(sequence, cfg.windows_per_step, rng), cfg.gamma,
+                                   network.config.mask_token_id)
+            loss, log_q, greedy_hit = model(sequence.ids, windows, "ce" if adapting else cfg.align_loss)
+            (loss / cfg.data_ranks).backward()  # DDP then averages over processes
         optimizer.step()
         scheduler.step()
         step += 1
