@@ -156,7 +156,12 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dic
             bar.update(len(conversations) - len(todo))
             if not todo:
                 continue
-            method.open()
+            try:
+                method.open()
+            except Exception as error:  # an engine that cannot start is reported, not faked; the rest still run
+                unavailable[method.name] = f"could not start: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                print(f"method {method.name} unavailable: {unavailable[method.name]}", file=sys.stderr)
+                continue
             try:
                 method.run(warm_ids, 4)
                 for prompt, turn, question_id in todo:
