@@ -7,7 +7,7 @@ its own exact path (argmax), never a tiny temperature.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -22,9 +22,9 @@ class SamplingConfig:
     top_p: keep the smallest set whose mass reaches top_p (1.0 = all), in (0, 1].
     """
 
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float = field(default=0.0, metadata={"help": "verifier temperature, 0 = greedy"})
+    top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens (0 = all)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus mass (1.0 = all)"})
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):

@@ -13,22 +13,15 @@ DEFAULT_DRAFTER = "specdiff-qwen2.5-coder-1.5b"
 
 
 def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``DecodingConfig`` and of the verifier's ``SamplingConfig``, from the dataclasses."""
+    from specdiff.config_args import add_dataclass_args
     from specdiff.engine import DecodingConfig
+    from specdiff.sampling import SamplingConfig
 
-    parser.add_argument("--gamma", type=int, default=DecodingConfig.gamma,
-                        help=f"draft length (default {DecodingConfig.gamma}: fastest measured on a CPU; "
-                             "on GPUs, where a 17-token verification pass costs about as much as a 1-token one, "
-                             "try the paper's 16)")
-    parser.add_argument("--num-drafts", type=int, default=1, help="K drafts per step (self-selection)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="verifier temperature, 0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
+    add_dataclass_args(parser, DecodingConfig, skip=("sampling", "draft_sampling"))
+    add_dataclass_args(parser, SamplingConfig)
     parser.add_argument("--draft-temperature", type=float, default=None,
                         help="drafter temperature (default: the verifier's)")
-    parser.add_argument("--argmax-candidate", action=argparse.BooleanOptionalAction, default=True,
-                        help="greedy decoding with K > 1: candidate 0 is the drafter's argmax draft (default: on)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -53,18 +46,17 @@ def naming_flag(flag: str):
 
 
 def decoding_config(args):
+    from specdiff.config_args import dataclass_from_args
     from specdiff.engine import DecodingConfig
     from specdiff.sampling import SamplingConfig
 
     with naming_flag("--temperature/--top-k/--top-p"):
-        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        sampling = dataclass_from_args(SamplingConfig, args)
     draft_sampling = None
     if args.draft_temperature is not None:
         with naming_flag("--draft-temperature"):
             draft_sampling = SamplingConfig(temperature=args.draft_temperature)
-    return DecodingConfig(gamma=args.gamma, num_drafts=args.num_drafts, max_new_tokens=args.max_new_tokens,
-                          sampling=sampling, draft_sampling=draft_sampling, seed=args.seed,
-                          argmax_candidate=args.argmax_candidate)
+    return dataclass_from_args(DecodingConfig, args, sampling=sampling, draft_sampling=draft_sampling)
 
 
 def load_pair(args):
