@@ -63,19 +63,24 @@ def test_serve_prints_the_vllm_command_it_would_run(tiny_model_dir, tmp_path, ca
     assert '"method": "dflash"' in line and "VLLM_CPU_KVCACHE_SPACE=" in line
 
 
-def test_serve_without_vllm_says_which_extra_to_install(tiny_model_dir, capsys, monkeypatch):
+@pytest.mark.parametrize("failure, hint", [
+    (ImportError("No module named 'vllm'"), "specdiff[vllm]"),
+    (RuntimeError("operator torchvision::nms does not exist"), "pip uninstall -y torchvision"),
+])
+def test_serve_without_a_working_vllm_says_what_to_do(tiny_model_dir, capsys, monkeypatch, failure, hint):
     import builtins
 
     real_import = builtins.__import__
 
-    def no_vllm(name, *args, **kwargs):
+    def broken_vllm(name, *args, **kwargs):
         if name == "vllm" or name.startswith("vllm."):
-            raise ImportError("No module named 'vllm'")
+            raise failure
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    monkeypatch.setattr(builtins, "__import__", broken_vllm)
     assert main(["serve", "--verifier", str(tiny_model_dir), "--drafter", "none"]) == 2
-    assert "specdiff[vllm]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert hint in err and len(err.strip().splitlines()) == 1
 
 
 def test_vllm_environment_keeps_the_users_settings(tmp_path):
