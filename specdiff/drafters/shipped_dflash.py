@@ -112,6 +112,8 @@ def read_source(verifier: str, names: list[str], source_layers: list[int],
     its safetensors (the whole model is not loaded); with ``required`` all must exist."""
     from specdiff.models.loading import resolve_model_folder
 
+    if not names:  # a drafter trained from scratch needs nothing of the verifier's
+        return {}
     folder = Path(resolve_model_folder(verifier))
     wanted = {name: source_parameter(name, source_layers) for name in names}
     found = {}
