@@ -1,6 +1,7 @@
 """Training a DFlash-layout drafter on tiny models: blocks, loss, initialisation, exact resume."""
 
 import json
+import random
 from dataclasses import replace
 
 import pytest
@@ -183,7 +184,7 @@ def test_a_training_vocabulary_is_the_full_softmax_renormalised_over_its_rows(ti
     assert training_vocabulary(verifier.config.vocab_size, 0, records) is None
     network = build_network(replace(tiny_dflash_run, init="random"), verifier)
     sequence = TeacherSequences(records, 64).sequence(0)
-    blocks = make_anchor_blocks(sequence.ids, window_starts(sequence, 4, __import__("random").Random(0)), 4,
+    blocks = make_anchor_blocks(sequence.ids, window_starts(sequence, 4, random.Random(0)), 4,
                                 network.mask_token_id)
     reduced = BlockObjective(network, verifier, vocabulary=vocabulary)
     _, log_q_reduced, _ = reduced(sequence.ids, blocks, "ce_decay")

@@ -100,8 +100,8 @@ def _fmt(value, pattern: str) -> str:
 
 
 def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str], reference: str = "ar") -> str:
-    lines = [f"| method | prompts | tokens/s | speed-up vs {reference} (vllm-*: vs vllm) | tau | acc@1 | acc@2 | acc@4 | draft share "
-             "| verify s/call | not 1st candidate |",
+    lines = [f"| method | prompts | tokens/s | speed-up vs {reference} (vllm-*: vs vllm) | tau | acc@1 | acc@2 "
+             "| acc@4 | draft share | verify s/call | not 1st candidate |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in methods:
         if method in unavailable:

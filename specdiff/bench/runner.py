@@ -159,7 +159,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dic
             try:
                 method.open()
             except Exception as error:  # an engine that cannot start is reported, not faked; the rest still run
-                unavailable[method.name] = f"could not start: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                reason = (str(error).splitlines() or [type(error).__name__])[0]
+                unavailable[method.name] = f"could not start: {reason}"
                 print(f"method {method.name} unavailable: {unavailable[method.name]}", file=sys.stderr)
                 continue
             try:

@@ -59,10 +59,8 @@ class TeacherSequences:
             return self, None
         if holdout >= len(self.records):
             raise ValueError(f"--holdout-records {holdout} leaves no training data ({len(self.records)} records)")
-        train, held = (TeacherSequences.__new__(TeacherSequences) for _ in range(2))
-        for part, records in ((train, self.records[:-holdout]), (held, self.records[-holdout:])):
-            part.records, part.max_seq_len = records, self.max_seq_len
-        return train, held
+        return (TeacherSequences(self.records[:-holdout], self.max_seq_len),
+                TeacherSequences(self.records[-holdout:], self.max_seq_len))
 
 
 def content_key(ids: Tensor) -> str:

@@ -99,10 +99,8 @@ def write_shipped(folder: Path, network_folder: Path, verifier: str, source_laye
     config = json.loads((network_folder / "config.json").read_text())
     spec = {"verifier": verifier, "source_layers": source_layers, "rank": rank, "config": config, "card": card}
     (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-    extra = [network_folder / "mask_embedding.pt"]
-    for path in extra:
-        if path.is_file():
-            shutil.copy(path, folder / path.name)
+    if (network_folder / "mask_embedding.pt").is_file():
+        shutil.copy(network_folder / "mask_embedding.pt", folder / "mask_embedding.pt")
     return sum(p.stat().st_size for p in folder.iterdir())
 
 

@@ -66,12 +66,10 @@ def cmd_bench_serve(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     run_level(client, model, pool[:1], 1, 4)  # warm-up, not recorded
-    results = []
     for level in levels:
         count = max(args.requests, level)
         prompts = [pool[i % len(pool)] for i in range(count)]
         result = run_level(client, model, prompts, level, args.max_tokens)
-        results.append(result)
         with open(out, "a") as handle:
             handle.write(json.dumps({"label": args.label, "model": model, **asdict(result)}) + "\n")
         print(f"{args.label}: concurrency {level}: {result.tokens_per_s:.2f} tokens/s, latency mean "

@@ -9,6 +9,7 @@ prints the equivalent plain vLLM command line instead.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -35,14 +36,8 @@ def register(commands) -> None:
                        help="vLLM's CPU KV-cache space (VLLM_CPU_KVCACHE_SPACE; default: yours, else 4)")
     serve.add_argument("--dtype", default="float32", help="float32 on CPUs without native bf16")
     serve.add_argument("--print-command", action="store_true", help="print the vllm serve command and exit")
-    serve.add_argument("vllm_args", nargs=argparse_remainder(), help="after --: more `vllm serve` flags")
+    serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: more `vllm serve` flags")
     serve.set_defaults(run=cmd_serve)
-
-
-def argparse_remainder():
-    import argparse
-
-    return argparse.REMAINDER
 
 
 def serve_command(args) -> tuple[list[str], dict[str, str]]:

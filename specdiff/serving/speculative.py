@@ -26,7 +26,6 @@ DEFAULT_GAMMA = 4  # drafters without a block size of their own
 class SpeculativeSetup:
     config: dict | None  # vLLM's speculative_config, None for plain decoding
     environment: dict[str, str] = field(default_factory=dict)  # for the process that runs vLLM
-    kind: str = "none"  # none, ngram, dflash, diffusion
 
 
 def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, steps: int = 1) -> SpeculativeSetup:
@@ -44,14 +43,14 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
         config = read_config(folder)
         check_fits(config, verifier_config, str(folder))
         return SpeculativeSetup({"method": "dflash", "model": str(folder.resolve()),
-                                 "num_speculative_tokens": gamma or config.block_size - 1}, kind="dflash")
+                                 "num_speculative_tokens": gamma or config.block_size - 1})
     gamma = gamma or DEFAULT_GAMMA
     if drafter == "ngram":
         return SpeculativeSetup({"method": "ngram", "num_speculative_tokens": gamma,
-                                 "prompt_lookup_max": NGRAM_MAX, "prompt_lookup_min": NGRAM_MIN}, kind="ngram")
+                                 "prompt_lookup_max": NGRAM_MAX, "prompt_lookup_min": NGRAM_MIN})
     diffusion = diffusion_folder(drafter)
     if diffusion is not None:
         return SpeculativeSetup({"method": "custom_class", "model": PROPOSER_CLASS, "num_speculative_tokens": gamma},
-                                {DRAFTER_ENV: str(diffusion), STEPS_ENV: str(steps)}, kind="diffusion")
+                                {DRAFTER_ENV: str(diffusion), STEPS_ENV: str(steps)})
     raise ValueError(f"--drafter {drafter!r} is not a DFlash folder, a diffusion drafter, 'ngram' or 'none' "
                      "(vLLM serves those; `specdiff models list` shows the shipped drafters)")
