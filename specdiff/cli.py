@@ -18,13 +18,14 @@ def _commands():
     """Every sub-command's ``register``, each defined beside its feature."""
     from specdiff.bench.cli import register as register_bench
     from specdiff.bench.draft_cost import register as register_draft_cost
+    from specdiff.bench.verify_cost import register as register_verify_cost
     from specdiff.calibrate.cli import register as register_calibrate
     from specdiff.commands.generate import register as register_generate
     from specdiff.commands.models import register as register_models
     from specdiff.serving.load_test import register as register_bench_serve
     from specdiff.serving.server import register as register_serve
 
-    return [register_generate, register_models, register_calibrate, register_bench, register_draft_cost,
+    return [register_generate, register_models, register_calibrate, register_bench, register_draft_cost, register_verify_cost,
             register_serve, register_bench_serve]
 
 

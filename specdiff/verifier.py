@@ -158,6 +158,13 @@ class Verifier:
                 **self._cache_argument).logits[0].float()  # [num_nodes, vocab]
         return ScoredDrafts(trie, past, logits[trie.node_of], features[0] if features else None)
 
+    def truncate(self, length: int) -> None:
+        """Forget every cached token after the first ``length`` (a scored pass that is not committed)."""
+        if not 0 <= length <= self.cached_length:
+            raise ValueError(f"cannot truncate a cache of {self.cached_length} tokens to {length}")
+        if length < self.cached_length:
+            self._cache.crop(length - self.cached_length)  # transformers >= 5.20 takes only a negative count
+
     def commit(self, scored: ScoredDrafts, candidate: int, num_accepted: int) -> CommittedTokens:
         """Keep the root and the first ``num_accepted`` draft tokens of ``candidate``."""
         trie, base = scored.trie, scored.past_length

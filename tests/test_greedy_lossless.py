@@ -15,6 +15,7 @@ from specdiff import (
     stream_generate,
 )
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.models.linear_kernels import quantize_linears
 
 PROMPTS = [[1, 2, 3, 4, 5], [7], [30, 2, 2, 2, 9, 14, 3, 3, 0, 1, 20]]
 
@@ -25,6 +26,10 @@ def verifier():
 
 
 def make_drafter(kind, verifier, steps):
+    if kind.endswith("-int8"):  # the same drafter computing with int8 weights
+        drafter = make_drafter(kind.removesuffix("-int8"), verifier, steps)
+        assert quantize_linears(drafter.network if kind.startswith("diffusion") else drafter.model) > 0
+        return drafter
     if kind == "self":  # the verifier drafting for itself: every greedy draft token is accepted
         return AutoregressiveDrafter(verifier.model)
     base = tiny_causal_lm("qwen2", seed=1, logit_scale=30.0)
@@ -33,7 +38,8 @@ def make_drafter(kind, verifier, steps):
     return DiffusionDrafter(diffusion_lm_from_causal_lm(base), steps=steps)
 
 
-@pytest.mark.parametrize("kind, steps", [("ar", 1), ("diffusion", 1), ("diffusion", 3), ("self", 1)])
+@pytest.mark.parametrize("kind, steps", [("ar", 1), ("diffusion", 1), ("diffusion", 3), ("self", 1), ("ar-int8", 1),
+                                         ("diffusion-int8", 1)])
 @pytest.mark.parametrize("gamma", [1, 4, 7])
 def test_speculative_greedy_equals_plain_greedy(verifier, kind, steps, gamma):
     drafter = make_drafter(kind, verifier, steps)

@@ -9,12 +9,12 @@ median one-token pass.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+
+from specdiff.bench.saving import save_result
 
 CODE_PROMPT = (  # made up here (not from an evaluation set): cost does not depend on the text
     "Complete this Python function.\n\nfrom typing import List\n\n\ndef running_maximum(values: List[int]) "
@@ -84,12 +84,7 @@ def cmd_draft_cost(args) -> int:
     if args.repeats < 1 or min(layers) < 1 or min(gammas) < 1:
         raise ValueError("--repeats, --layers and --gammas must be >= 1")
     result = measure_draft_cost(args.verifier, layers, gammas, args.repeats)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "draft_cost.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    (out / "draft_cost.md").write_text(table)
-    print(table)
+    save_result(args.out, "draft_cost", result, markdown(result))
     return 0
 
 

@@ -1,14 +1,16 @@
 """The methods under test, all against the same verifier, behind one ``run`` call.
 
-- ``ar``: plain greedy decoding through transformers' ``generate`` (the reference).
-- ``ar-engine``: plain decoding through our own loop (shows the loop adds no overhead).
+- ``ar``: plain greedy decoding through transformers' ``generate`` with transformers' own
+  linear kernels (the reference: what users run today).
+- ``ar-engine``: plain decoding through our own loop and our kernels (the second baseline:
+  what the drafter adds, kernels aside).
 - ``hf-assisted``: transformers' assisted generation with the 0.5B as assistant.
 - ``prompt-lookup``: transformers' prompt lookup decoding.
 - ``sd-ar``: our engine with the 0.5B autoregressive drafter.
 - ``specdiff``: our engine with a diffusion drafter adapted but not aligned (SpecDiff v1).
 - ``specdiff2``: the aligned diffusion drafter plus self-selection (K drafts);
   ``specdiff2-kN`` is the same with K = N and ``specdiff2-kN-gG`` also with gamma = G,
-  for sweeps over K and gamma in one run.
+  for sweeps over K and gamma in one run; a ``-int8`` suffix drafts with int8 weights.
 - ``dflash``: our engine with a DFlash-layout drafter conditioned on the verifier's hidden
   states (``--dflash-drafter``; argmax drafts at ``--gamma-dflash``); ``dflash-kN`` and
   ``dflash-kN-gG`` as for specdiff2.
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specdiff.engine import DecodingConfig, generate
+from specdiff.models.linear_kernels import PLAIN, kernel_plan
 from specdiff.models.registry import DEFAULT_VERIFIER
 from specdiff.prompting import truncate_at_eos
 from specdiff.sampling import SamplingConfig
@@ -49,7 +52,8 @@ class MethodOutput:
 
 class HFGenerateMethod:
     """transformers' ``generate`` with optional assistant / prompt lookup; greedy, or pure
-    temperature sampling (no top-k/top-p, like our engine's) when ``temperature`` > 0."""
+    temperature sampling (no top-k/top-p, like our engine's) when ``temperature`` > 0.
+    Runs on transformers' own linear kernels (``PLAIN``), as users run it."""
 
     def __init__(self, name: str, model, eos: set[int], temperature: float = 0.0, seed: int = 0, **generate_kwargs):
         self.name, self.model, self.eos, self.kwargs = name, model, sorted(eos), generate_kwargs
@@ -61,11 +65,13 @@ class HFGenerateMethod:
         if self.temperature > 0:
             sampling = dict(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
             torch.manual_seed(self.seed)  # generate() draws from the global generator; it takes no other
-        started = time.perf_counter()
-        output = self.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
-                                     max_new_tokens=max_new_tokens, eos_token_id=self.eos,
-                                     pad_token_id=self.eos[0], repetition_penalty=1.0, **sampling, **self.kwargs)
-        seconds = time.perf_counter() - started
+        assistant = self.kwargs.get("assistant_model")
+        with kernel_plan(self.model, PLAIN), kernel_plan(assistant or torch.nn.Module(), PLAIN):
+            started = time.perf_counter()
+            output = self.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                         max_new_tokens=max_new_tokens, eos_token_id=self.eos,
+                                         pad_token_id=self.eos[0], repetition_penalty=1.0, **sampling, **self.kwargs)
+            seconds = time.perf_counter() - started
         tokens = output[0, prompt_ids.shape[1]:].tolist()
         tokens, _ = truncate_at_eos(tokens, self.eos)
         accepted = [1] * len(tokens) if not self.kwargs else None
@@ -113,7 +119,7 @@ class MethodSettings:
                 raise ValueError(f"{flag} must be a finite number >= 0 (0 = greedy), got {value}")
 
 
-SWEEP_METHOD = re.compile(r"(specdiff2|dflash)-k(\d+)(?:-g(\d+))?")
+SWEEP_METHOD = re.compile(r"(specdiff2|dflash)-k(\d+)(?:-g(\d+))?(-int8)?")  # -int8: int8 drafter weights
 
 
 def check_method_names(names: list[str]) -> None:
@@ -124,7 +130,7 @@ def check_method_names(names: list[str]) -> None:
     for name in names:
         if name not in METHODS + VLLM_METHODS and not SWEEP_METHOD.fullmatch(name):
             raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS + VLLM_METHODS)}, "
-                             "specdiff2-kN[-gG], dflash-kN[-gG]")
+                             "specdiff2-kN[-gG][-int8], dflash-kN[-gG][-int8]")
 
 
 def vllm_method(name: str, verifier: str, verifier_config, eos: set[int], settings: MethodSettings):
@@ -145,7 +151,7 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
                   verifier_spec: str = DEFAULT_VERIFIER) -> tuple[list, dict[str, str]]:
     """The requested methods that can run here, and a reason for each that cannot."""
     from specdiff.drafters import AutoregressiveDrafter
-    from specdiff.drafters.loading import load_drafter
+    from specdiff.drafters.loading import DrafterConfig, load_drafter
 
     check_method_names(names)
     from specdiff.models.loading import check_same_tokenizer, load_causal_lm
@@ -188,9 +194,10 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
                         "dflash": settings.dflash_drafter}[family]
                 if not spec:
                     raise FileNotFoundError(f"no drafter given for {name} (--{family}-drafter PATH)")
-                if spec not in drafters:
-                    drafters[spec] = load_drafter(spec, verifier_model=model)[0]
-                drafter = drafters[spec]
+                weights = "int8" if k_suffix and k_suffix.group(4) else "float32"
+                if (spec, weights) not in drafters:
+                    drafters[(spec, weights)] = load_drafter(spec, DrafterConfig(weights=weights), verifier_model=model)[0]
+                drafter = drafters[(spec, weights)]
                 num_drafts = int(k_suffix.group(2)) if k_suffix else settings.num_drafts if name == "specdiff2" else 1
                 sampled_drafts = num_drafts > 1 or settings.temperature > 0
                 draft_sampling = SamplingConfig(temperature=settings.draft_temperature) if sampled_drafts else greedy

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from specdiff.drafters.base import Accepted, Draft
 from specdiff.drafters.dflash_network import ContextKV, DFlashNetwork
-from specdiff.models.small_batch_linear import use_small_batch_linear
+from specdiff.models.linear_kernels import use_fast_linear
 from specdiff.sampling import SamplingConfig, drafts_from_marginals
 
 
@@ -26,7 +26,7 @@ class ConditionedDrafter:
     """Drafts with a ``DFlashNetwork`` through the verifier's embedding and LM head."""
 
     def __init__(self, network: DFlashNetwork, verifier_model):
-        self.network = use_small_batch_linear(network).eval()  # blocks are 2-17 rows: the faster CPU kernel
+        self.network = use_fast_linear(network).eval()  # blocks are 2-17 rows: the faster CPU kernel
         self.embedding = verifier_model.get_input_embeddings()
         self.lm_head = verifier_model.get_output_embeddings()
         self.vocab_size = verifier_model.config.vocab_size

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdiff.models.small_batch_linear import SmallBatchLinear, small_batch_linear
+from specdiff.models.linear_kernels import FastLinear
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
-class BlockLoRALinear(nn.Linear):
+class BlockLoRALinear(FastLinear):
     """A linear layer whose low-rank adapter (Hu et al. 2021, W + alpha/r * B A) applies
     only to rows from ``adapted_from`` on: the draft block. Prefix rows, and so the
     drafter's prefix KV cache, stay exactly the base model's.
@@ -93,7 +93,7 @@ class BlockLoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=self.weight.dtype))
 
     def forward(self, x: Tensor, adapted_from: int = 0) -> Tensor:
-        out = small_batch_linear(x, self.weight, self.bias)
+        out = FastLinear.forward(self, x)
         if not self.lora_rank or adapted_from >= x.shape[1]:
             return out
         delta = F.linear(F.linear(x[:, adapted_from:], self.lora_A), self.lora_B) * self.lora_scale
@@ -173,7 +173,7 @@ class DiffusionLM(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = SmallBatchLinear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = FastLinear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 

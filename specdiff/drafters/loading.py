@@ -16,9 +16,11 @@ from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
 from specdiff.drafters.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, load_diffusion_lm, shipped_drafter_dir
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, dflash_drafter_folder
+from specdiff.models.linear_kernels import quantize_linears
 from specdiff.models.loading import DTYPES, load_causal_lm, resolve_model_folder
 
 DRAFTER_KINDS = ("auto", "ar", "diffusion", "dflash")
+DRAFTER_WEIGHTS = ("float32", "int8")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class DrafterConfig:
     steps: int = field(default=1, metadata={"aliases": ("--steps",),
                                             "help": "denoising passes per draft (standalone diffusion drafters)"})
     block_size: int = field(default=8, metadata={"help": "block size of an untrained DFlash drafter"})
+    weights: str = field(default="float32", metadata={
+        "choices": DRAFTER_WEIGHTS,
+        "help": "int8: the drafter's own linear layers compute with int8 weights (per-row scales), a quarter of "
+                "the bytes per draft pass; output stays lossless (draft_probs are what the drafter computed)"})
 
     def __post_init__(self) -> None:
         if self.kind not in DRAFTER_KINDS:
@@ -42,6 +48,8 @@ class DrafterConfig:
             raise ValueError(f"steps (denoising passes) must be >= 1, got {self.steps}")
         if self.layers is not None and self.layers < 1:
             raise ValueError(f"drafter layers must be >= 1, got {self.layers}")
+        if self.weights not in DRAFTER_WEIGHTS:
+            raise ValueError(f"drafter weights must be one of {', '.join(DRAFTER_WEIGHTS)}, got {self.weights!r}")
         if self.block_size < 2:
             raise ValueError(f"drafter block size must be >= 2 (the last token and one slot), got {self.block_size}")
 
@@ -62,6 +70,17 @@ def check_drafter_spec(spec: str) -> None:
 
 
 def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str = "float32", verifier_model=None):
+    """(drafter, tokenizer or None); see :func:`_build_drafter`. With ``config.weights`` int8
+    the drafter's own network (never the verifier's layers a DFlash drafter reads) computes
+    with int8 weights."""
+    drafter, tokenizer = _build_drafter(spec, config, dtype, verifier_model)
+    if config.weights == "int8":
+        network = drafter.model if isinstance(drafter, AutoregressiveDrafter) else drafter.network
+        quantize_linears(network)
+    return drafter, tokenizer
+
+
+def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model):
     """(drafter, tokenizer or None).
 
     kind "auto": a saved diffusion drafter or a DFlash folder if ``spec`` names one, else an

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 
 from specdiff.models.prepare import ModelUnavailableError, is_prepared, prepare, prepared_dir
 from specdiff.models.registry import PACKAGED_MODELS
-from specdiff.models.small_batch_linear import use_small_batch_linear
+from specdiff.models.linear_kernels import plan_kernels, use_fast_linear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,7 +78,7 @@ def load_tokenizer(spec: str, other_names: tuple[str, ...] = ()):
 def load_causal_lm(spec: str, dtype: str = "float32", other_names: tuple[str, ...] = ()):
     """(model, tokenizer) for a named model, a local folder or a Hub id. fp32 by default:
     on AVX2 CPUs bf16 is emulated and makes multi-token verification about 3x slower.
-    Linear layers are swapped for :class:`SmallBatchLinear` (faster 2-64 row passes on CPU)."""
+    Linear layers are swapped for :class:`FastLinear` (the fastest kernel this machine has for 1-64 rows)."""
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
@@ -89,7 +89,9 @@ def load_causal_lm(spec: str, dtype: str = "float32", other_names: tuple[str, ..
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="sdpa")
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ModelUnavailableError(_not_loadable(spec, error)) from None
-    return use_small_batch_linear(model).eval(), tokenizer
+    use_fast_linear(model).eval()
+    plan_kernels(model)  # measured once per machine and shape (cached); never inside a timed pass
+    return model, tokenizer
 
 
 @functools.cache
