@@ -10,7 +10,8 @@
 - ``specdiff``: our engine with a diffusion drafter adapted but not aligned (SpecDiff v1).
 - ``specdiff2``: the aligned diffusion drafter plus self-selection (K drafts);
   ``specdiff2-kN`` is the same with K = N and ``specdiff2-kN-gG`` also with gamma = G,
-  for sweeps over K and gamma in one run; a ``-int8`` suffix drafts with int8 weights.
+  for sweeps over K and gamma in one run; a ``-int8`` / ``-fp32`` suffix sets the drafter's
+  weights (default: ``DrafterConfig.weights``).
 - ``dflash``: our engine with a DFlash-layout drafter conditioned on the verifier's hidden
   states (``--dflash-drafter``; argmax drafts at ``--gamma-dflash``); ``dflash-kN`` and
   ``dflash-kN-gG`` as for specdiff2.
@@ -119,7 +120,7 @@ class MethodSettings:
                 raise ValueError(f"{flag} must be a finite number >= 0 (0 = greedy), got {value}")
 
 
-SWEEP_METHOD = re.compile(r"(specdiff2|dflash)-k(\d+)(?:-g(\d+))?(-int8)?")  # -int8: int8 drafter weights
+SWEEP_METHOD = re.compile(r"(specdiff2|dflash)-k(\d+)(?:-g(\d+))?(?:-(int8|fp32))?")  # drafter weights
 
 
 def check_method_names(names: list[str]) -> None:
@@ -130,7 +131,7 @@ def check_method_names(names: list[str]) -> None:
     for name in names:
         if name not in METHODS + VLLM_METHODS and not SWEEP_METHOD.fullmatch(name):
             raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS + VLLM_METHODS)}, "
-                             "specdiff2-kN[-gG][-int8], dflash-kN[-gG][-int8]")
+                             "specdiff2-kN[-gG][-int8|-fp32], dflash-kN[-gG][-int8|-fp32]")
 
 
 def vllm_method(name: str, verifier: str, verifier_config, eos: set[int], settings: MethodSettings):
@@ -194,7 +195,8 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
                         "dflash": settings.dflash_drafter}[family]
                 if not spec:
                     raise FileNotFoundError(f"no drafter given for {name} (--{family}-drafter PATH)")
-                weights = "int8" if k_suffix and k_suffix.group(4) else "float32"
+                suffix = k_suffix.group(4) if k_suffix else None
+                weights = {"int8": "int8", "fp32": "float32", None: DrafterConfig.weights}[suffix]
                 if (spec, weights) not in drafters:
                     drafters[(spec, weights)] = load_drafter(spec, DrafterConfig(weights=weights), verifier_model=model)[0]
                 drafter = drafters[(spec, weights)]
