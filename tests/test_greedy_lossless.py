@@ -15,7 +15,7 @@ from specdiff import (
     stream_generate,
 )
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
-from specdiff.models.linear_kernels import quantize_linears
+from specdiff.models.linear_kernels import first_rows, quantize_linears
 
 PROMPTS = [[1, 2, 3, 4, 5], [7], [30, 2, 2, 2, 9, 14, 3, 3, 0, 1, 20]]
 
@@ -30,6 +30,10 @@ def make_drafter(kind, verifier, steps):
         drafter = make_drafter(kind.removesuffix("-int8"), verifier, steps)
         assert quantize_linears(drafter.network if kind.startswith("diffusion") else drafter.model) > 0
         return drafter
+    if kind == "diffusion-vocab":  # drafting among the first half of the token ids only
+        drafter = make_drafter("diffusion", verifier, steps)
+        drafter.network.lm_head = first_rows(drafter.network.lm_head, drafter.vocab_size // 2)
+        return drafter
     if kind == "self":  # the verifier drafting for itself: every greedy draft token is accepted
         return AutoregressiveDrafter(verifier.model)
     base = tiny_causal_lm("qwen2", seed=1, logit_scale=30.0)
@@ -39,7 +43,7 @@ def make_drafter(kind, verifier, steps):
 
 
 @pytest.mark.parametrize("kind, steps", [("ar", 1), ("diffusion", 1), ("diffusion", 3), ("self", 1), ("ar-int8", 1),
-                                         ("diffusion-int8", 1)])
+                                         ("diffusion-int8", 1), ("diffusion-vocab", 1)])
 @pytest.mark.parametrize("gamma", [1, 4, 7])
 def test_speculative_greedy_equals_plain_greedy(verifier, kind, steps, gamma):
     drafter = make_drafter(kind, verifier, steps)
@@ -92,3 +96,13 @@ def test_streaming_yields_the_collected_tokens(verifier):
     config = DecodingConfig(gamma=3, max_new_tokens=20)
     streamed = [token for step in stream_generate(prompt_ids, verifier, drafter, config) for token in step.new_tokens]
     assert streamed == speculative_generate(prompt_ids, drafter, verifier, config).tokens
+
+
+def test_a_reduced_draft_vocabulary_never_drafts_outside_it(verifier):
+    drafter = make_drafter("diffusion-vocab", verifier, 1)
+    kept = drafter.vocab_size // 2
+    drafter.start(PROMPTS[2])
+    draft = drafter.draft(4, SamplingConfig(temperature=1.0), num_drafts=8, generator=torch.Generator().manual_seed(0))
+    assert (draft.tokens < kept).all()
+    assert draft.draft_probs[..., kept:].abs().sum() == 0
+    torch.testing.assert_close(draft.draft_probs.sum(-1), torch.ones(8, 4))

@@ -16,6 +16,7 @@ from exact import distribution_tv, expected_sampling_tv, sequence_distribution, 
 from specdiff import AutoregressiveDrafter, DecodingConfig, DiffusionDrafter, Draft, SamplingConfig, Verifier, engine
 from specdiff.acceptance import Acceptance
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.models.linear_kernels import first_rows, quantize_linears
 
 NUM_SAMPLES = 3000
 TV_BOUND = 0.06
@@ -66,6 +67,7 @@ def test_the_check_has_power(exact, draft_base):
     ("diffusion one pass", 1, 1, None),
     ("diffusion two steps left to right", 2, 1, None),
     ("diffusion K=3 drafts", 1, 3, 1.5),
+    ("diffusion, int8 weights, draft vocabulary of 2", 1, 1, None),
 ])
 def test_speculative_sampling_matches_verifier(verifier, draft_base, exact, name, steps, num_drafts, draft_temperature):
     if name == "plain":
@@ -74,6 +76,9 @@ def test_speculative_sampling_matches_verifier(verifier, draft_base, exact, name
         drafter = AutoregressiveDrafter(draft_base)
     else:
         drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(draft_base), steps=steps)
+        if "int8" in name:  # what --drafter-weights int8 --drafter-vocab 2 do
+            drafter.network.lm_head = first_rows(drafter.network.lm_head, 2)
+            quantize_linears(drafter.network)
     draft_sampling = SamplingConfig(temperature=draft_temperature) if draft_temperature else None
     config = DecodingConfig(gamma=2, num_drafts=num_drafts, sampling=SAMPLING, draft_sampling=draft_sampling)
     tv = total_variation(exact, sample_sequences(verifier, drafter, config))

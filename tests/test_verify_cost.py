@@ -31,8 +31,8 @@ def test_command_measures_both_kernels_at_every_size(tiny_model_dir, tmp_path, c
                  "--prefill", "8", "--out", str(out)]) == 0
     result = json.loads((out / "verify_cost.json").read_text())
     measured = {(r["kernels"], r["shape"], r["tokens"]) for r in result["rows"]}
-    assert measured == {(k, "chain", n) for k in ("transformers", "specdiff") for n in (1, 2, 6)} | {
-        (k, "trie K=4", 6) for k in ("transformers", "specdiff")}
+    kernels = ("transformers", "transposed", "specdiff")
+    assert measured == {(k, "chain", n) for k in kernels for n in (1, 2, 6)} | {(k, "trie K=4", 6) for k in kernels}
     assert all(r["seconds"] > 0 and r["ratio"] == pytest.approx(r["seconds"] / r["roofline_s"]) for r in result["rows"])
     assert result["read_bytes_per_s"] > 1e8 and result["gemm_flop_per_s"] > 1e8
     for split in result["profile"].values():

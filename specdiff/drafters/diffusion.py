@@ -20,6 +20,7 @@ not offered.)
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from specdiff.drafters.base import Accepted, Draft
@@ -97,7 +98,11 @@ class DiffusionDrafter:
         return hidden[:, num_causal:]
 
     def _slot_logits(self, hidden: Tensor) -> Tensor:
-        return self.network.lm_head(hidden).float()
+        logits = self.network.lm_head(hidden).float()
+        missing = self.vocab_size - logits.shape[-1]
+        if missing:  # a reduced draft vocabulary (the first N ids): the rest get probability 0
+            logits = F.pad(logits, (0, missing), value=float("-inf"))
+        return logits
 
     @torch.inference_mode()
     def draft(

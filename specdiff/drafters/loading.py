@@ -16,7 +16,7 @@ from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
 from specdiff.drafters.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, load_diffusion_lm, shipped_drafter_dir
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, dflash_drafter_folder
-from specdiff.models.linear_kernels import int8_is_fast, quantize_linears
+from specdiff.models.linear_kernels import first_rows, int8_is_fast, quantize_linears
 from specdiff.models.loading import DTYPES, load_causal_lm, resolve_model_folder
 
 DRAFTER_KINDS = ("auto", "ar", "diffusion", "dflash")
@@ -36,6 +36,10 @@ class DrafterConfig:
     steps: int = field(default=1, metadata={"aliases": ("--steps",),
                                             "help": "denoising passes per draft (standalone diffusion drafters)"})
     block_size: int = field(default=8, metadata={"help": "block size of an untrained DFlash drafter"})
+    vocab: int | None = field(default=None, metadata={
+        "help": "standalone diffusion drafters: draft only among the N lowest token ids (BPE merge order, "
+                "roughly frequency): a smaller LM head; other tokens get draft probability 0, so output stays "
+                "lossless"})
     weights: str = field(default="auto", metadata={
         "choices": DRAFTER_WEIGHTS,
         "help": "int8: the drafter's own linear layers compute with int8 weights (per-row scales): draft calls "
@@ -49,6 +53,8 @@ class DrafterConfig:
             raise ValueError(f"steps (denoising passes) must be >= 1, got {self.steps}")
         if self.layers is not None and self.layers < 1:
             raise ValueError(f"drafter layers must be >= 1, got {self.layers}")
+        if self.vocab is not None and self.vocab < 1:
+            raise ValueError(f"--drafter-vocab must be >= 1, got {self.vocab}")
         if self.weights not in DRAFTER_WEIGHTS:
             raise ValueError(f"drafter weights must be one of {', '.join(DRAFTER_WEIGHTS)}, got {self.weights!r}")
         if self.block_size < 2:
@@ -75,6 +81,11 @@ def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str 
     the drafter's own network (never the verifier's layers a DFlash drafter reads) computes
     with int8 weights."""
     drafter, tokenizer = _build_drafter(spec, config, dtype, verifier_model)
+    if config.vocab is not None:
+        if not isinstance(drafter, DiffusionDrafter):
+            raise ValueError("--drafter-vocab applies to standalone diffusion drafters only")
+        head = drafter.network.lm_head
+        drafter.network.lm_head = first_rows(head, min(config.vocab, head.out_features))
     if config.weights == "int8" or (config.weights == "auto" and int8_is_fast() and dtype == "float32"):
         network = drafter.model if isinstance(drafter, AutoregressiveDrafter) else drafter.network
         quantize_linears(network)

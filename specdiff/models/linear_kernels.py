@@ -185,6 +185,18 @@ def kernel_plan(model: nn.Module, plan: KernelPlan | None) -> Iterator[None]:
             layer.plan = old
 
 
+def first_rows(linear: nn.Linear, rows: int) -> FastLinear:
+    """A :class:`FastLinear` computing only the first ``rows`` outputs of ``linear``, sharing
+    its weight (a view, no copy)."""
+    if not 1 <= rows <= linear.out_features:
+        raise ValueError(f"cannot keep {rows} of {linear.out_features} output rows")
+    kept = nn.Linear(linear.in_features, rows, bias=linear.bias is not None, device="meta")
+    kept.weight = nn.Parameter(linear.weight.detach()[:rows], requires_grad=False)
+    if linear.bias is not None:
+        kept.bias = nn.Parameter(linear.bias.detach()[:rows], requires_grad=False)
+    return _as_fast(kept)
+
+
 def _as_fast(linear: nn.Linear) -> FastLinear:
     swapped = FastLinear.__new__(FastLinear)
     nn.Module.__init__(swapped)
