@@ -102,7 +102,7 @@ class EngineMethod:
 class MethodSettings:
     gamma_ar: int = 5  # draft length of the autoregressive drafter
     gamma: int = DecodingConfig.gamma  # draft length of the diffusion drafters
-    num_drafts: int = 2  # K for specdiff2: the smallest self-selection (on a CPU larger K costs more than it wins)
+    num_drafts: int = 1  # K for specdiff2: on a 2-core CPU every K > 1 measured slower (README, "Choosing gamma and K")
     draft_temperature: float = 1.0  # drafter temperature for specdiff2 (K > 1, or any K when sampling)
     argmax_candidate: bool = True  # greedy specdiff2 with K > 1: candidate 0 is the drafter's argmax draft
     temperature: float = 0.0  # the verifier's: 0 is greedy (outputs checked for equality), > 0 samples
