@@ -113,6 +113,10 @@ def check_inputs(prompt_ids: Tensor, verifier: Verifier, drafter: Drafter | None
             f"({config.gamma}) exceeds the verifier's context of {verifier.max_length} tokens: "
             "shorten the prompt or lower max_new_tokens"
         )
+    max_gamma = getattr(drafter, "max_gamma", None)  # drafters with a fixed block (DFlash)
+    if max_gamma is not None and config.gamma > max_gamma:
+        raise ValueError(f"gamma {config.gamma} is beyond the drafter's block of {max_gamma} draft slots: "
+                         f"pass --gamma {max_gamma} or less")
     if drafter is not None and drafter.vocab_size != verifier.vocab_size:
         raise ValueError(
             f"the drafter's vocabulary ({drafter.vocab_size}) differs from the verifier's "

@@ -122,7 +122,8 @@ def test_a_shipped_drafter_is_rebuilt_from_its_deltas_and_the_verifier(tiny_dfla
 
     trained = save_dflash(network, tmp_path / "trained")
     last = verifier.config.num_hidden_layers - 1
-    size = write_shipped(tmp_path / "shipped", trained, str(tiny_model_dir), [last], rank=2, card={"steps": 0})
+    size = write_shipped(tmp_path / "shipped", trained, str(tiny_model_dir), [last], rank=2, card={"steps": 0},
+                         max_bytes=1e9)
     assert size < sum(p.stat().st_size for p in trained.iterdir())
     built = build_from_shipped(tmp_path / "shipped", tmp_path / "cache" / "drafter")
     original, rebuilt = load_file(str(trained / "model.safetensors")), load_file(str(built / "model.safetensors"))
@@ -166,6 +167,8 @@ def test_ship_command_refuses_a_drafter_over_the_size_limit(tiny_dflash_run, tin
     assert main([*common, "--out", str(tmp_path / "small")]) == 0
     assert main([*common, "--out", str(tmp_path / "big"), "--max-mb", "0.001"]) == 2
     assert "over --max-mb 0.001" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists(), "a refused drafter must leave nothing behind"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert main([*common[:3], str(tmp_path), *common[4:], "--out", str(tmp_path / "x")]) == 2
     assert "is not a DFlash folder" in capsys.readouterr().err
 
@@ -194,3 +197,73 @@ def test_a_training_vocabulary_is_the_full_softmax_renormalised_over_its_rows(ti
     assert (log_q_reduced >= log_q_full - 1e-5).all() and not torch.allclose(log_q_reduced, log_q_full)
     everything = BlockObjective(network, verifier, vocabulary=torch.arange(verifier.config.vocab_size))
     assert torch.allclose(everything(sequence.ids, blocks, "ce_decay")[1], log_q_full, atol=1e-5)
+
+
+def test_filtered_teacher_records_are_counted_and_said(tiny_dflash_run, tmp_path, capsys):
+    from specdiff.calibrate.data import TeacherSequences
+    from specdiff.calibrate.teacher import read_shards
+
+    records = read_shards(tiny_dflash_run.teacher)  # 5 records: 6 prompt + 20 completion tokens
+    odd = [dict(records[0], prompt_ids=records[0]["prompt_ids"] * 10), dict(records[1], completion_ids=[1])]
+    kept = TeacherSequences(records[2:] + odd, 20)
+    assert len(kept.records) == 3
+    assert kept.filtering == ("left out 2 of 5 teacher records: 1 whose prompt leaves no room for a completion within "
+                              "--max-seq-len 20 and 1 with fewer than 2 completion tokens; cut 3 longer records to "
+                              "their first 20 tokens")
+    assert TeacherSequences(records, 64).filtering is None
+    folder = tmp_path / "odd-teacher"
+    folder.mkdir()
+    (folder / "shard-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:4] + odd[:1]))
+    train_dflash(replace(tiny_dflash_run, teacher=str(folder), steps=2, max_seq_len=40), tmp_path / "run")
+    assert "left out 1 of 5 teacher records" in capsys.readouterr().err
+
+
+def test_teacher_ids_outside_the_vocabulary_are_refused_in_one_line(tiny_dflash_run, tmp_path):
+    from specdiff.calibrate.data import TeacherSequences
+    from specdiff.calibrate.teacher import read_shards
+
+    records = read_shards(tiny_dflash_run.teacher)
+    records[3] = dict(records[3], completion_ids=records[3]["completion_ids"][:-1] + [10_000])
+    with pytest.raises(ValueError, match="teacher record 3 holds token id 10000, outside the verifier's vocabulary"):
+        TeacherSequences(records, 64, vocab_size=32)
+
+
+@pytest.mark.parametrize("field, value", [("train_vocab", -5), ("holdout_records", -2), ("warmup_steps", -1),
+                                          ("max_seq_len", 3)])
+def test_negative_settings_are_refused(tiny_dflash_run, field, value):
+    with pytest.raises(ValueError, match="--" + field.replace("_", "-")):
+        replace(tiny_dflash_run, **{field: value})
+
+
+def test_ship_command_refuses_bad_input_before_writing(tiny_dflash_run, tiny_model_dir, tmp_path, capsys):
+    from conftest import RunsCode
+
+    from specdiff.cli import main
+    from specdiff.drafters.dflash_files import save_dflash
+    from specdiff.models.loading import load_causal_lm
+
+    verifier, _ = load_causal_lm(str(tiny_model_dir))
+    trained = save_dflash(build_network(replace(tiny_dflash_run, init="random"), verifier), tmp_path / "trained")
+    common = ["calibrate", "ship-dflash", "--drafter", str(trained), "--verifier", str(tiny_model_dir)]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    (tmp_path / "card.json").write_text("{not json")
+    capsys.readouterr()
+    cases = [(["--rank", "-1"], "--rank must be >= 1"), (["--out", str(a_file)], "is a file"),
+             (["--card", str(tmp_path / "card.json")], "card.json: not a readable JSON file"),
+             (["--source-layers", "a,b"], "--source-layers takes comma-separated layer ids")]
+    for flags, message in cases:
+        out = ["--out", str(tmp_path / "out")] if "--out" not in flags else []
+        assert main([*common, *out, *flags]) == 2, flags
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1, error
+    marker = tmp_path / "ran"
+    torch.save({"mask_token_id": 0, "embedding": RunsCode(marker)}, trained / "mask_embedding.pt")
+    assert main([*common, "--out", str(tmp_path / "out")]) == 2
+    assert "not a plain tensor file" in capsys.readouterr().err and not marker.exists()
+    (trained / "mask_embedding.pt").unlink()
+    weights = trained / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main([*common, "--out", str(tmp_path / "out")]) == 2
+    assert "damaged weights" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and a_file.read_text() == "x"

@@ -121,3 +121,25 @@ def test_damaged_prepared_model_names_the_rebuild_command(cache, monkeypatch):
             load_causal_lm(SMOL.name)
     finally:
         os.replace(backup, weights)
+
+
+def test_models_prepare_takes_every_name_models_list_shows(monkeypatch, tmp_path, capsys):
+    """Every shipped drafter models list names is prepared: a standalone one by preparing its
+    base model, a DFlash one by building its folder; other names are refused in one line."""
+    from specdiff.cli import main
+    from specdiff.commands import models as models_command
+    from specdiff.drafters import shipped_dflash
+    from specdiff.models import prepare as prepare_module
+
+    prepared, built = [], []
+    monkeypatch.setattr(prepare_module, "prepare", lambda name, force=False: prepared.append(name) or tmp_path)
+    monkeypatch.setattr(shipped_dflash, "dflash_drafter_folder", lambda name: built.append(name) or tmp_path)
+    listed = models_command.shipped_drafters()
+    assert any("DFlash" in kind for _, kind in listed) and any("standalone" in kind for _, kind in listed)
+    for name, kind in listed:
+        assert main(["models", "prepare", name]) == 0, name
+    assert built == [name for name, kind in listed if "DFlash" in kind]
+    assert prepared and set(prepared) <= set(PACKAGED_MODELS)
+    assert main(["models", "prepare", "no-such-model"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown model 'no-such-model'" in error and listed[0][0] in error and error.count("\n") == 1

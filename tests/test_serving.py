@@ -5,7 +5,7 @@ custom proposer's bookkeeping (a request's drafter state follows it across batch
 
 import numpy as np
 import pytest
-from conftest import tiny_causal_lm
+from conftest import RunsCode, tiny_causal_lm
 
 from specdiff.cli import main
 from specdiff.drafters.dflash_files import save_dflash
@@ -51,6 +51,61 @@ def test_drafters_that_cannot_be_served_are_refused_before_any_server(tmp_path, 
         speculative_setup(str(tmp_path / "nothing-here"), verifier_config)
     with pytest.raises(ValueError, match="--gamma"):
         speculative_setup("ngram", verifier_config, 0)
+
+
+def test_serve_refuses_what_generate_refuses_before_vllm_starts(tmp_path, verifier_config):
+    import shutil
+
+    import torch
+
+    from specdiff.drafters.files import shipped_drafter_dir
+
+    truncated = dflash_folder(tmp_path / "a", verifier_config)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="damaged weights"):
+        speculative_setup(str(truncated), verifier_config)
+    hostile = dflash_folder(tmp_path / "b", verifier_config)
+    marker = tmp_path / "ran"
+    torch.save({"mask_token_id": 0, "embedding": RunsCode(marker)}, hostile / "mask_embedding.pt")
+    with pytest.raises(ValueError, match="not a plain tensor file"):
+        speculative_setup(str(hostile), verifier_config)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="beyond what the DFlash drafter"):
+        speculative_setup(str(dflash_folder(tmp_path / "c", verifier_config, block_size=6)), verifier_config, 6)
+    standalone = tmp_path / "standalone"
+    shutil.copytree(shipped_drafter_dir("specdiff-qwen2.5-coder-1.5b"), standalone)
+    deltas = standalone / "deltas.safetensors"
+    deltas.write_bytes(deltas.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="damaged or missing weights"):
+        speculative_setup(str(standalone), verifier_config)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "99999"], "--port must be in 1..65535"),
+    (["--port", "0"], "--port must be in 1..65535"),
+    (["--max-model-len", "-5"], "--max-model-len must be >= 1"),
+    (["--max-num-seqs", "0"], "--max-num-seqs must be >= 1"),
+    (["--kv-cache-gib", "0"], "--kv-cache-gib must be > 0"),
+])
+def test_serve_refuses_bad_numbers_in_one_line(tiny_model_dir, capsys, flags, message):
+    assert main(["serve", "--verifier", str(tiny_model_dir), *flags, "--print-command"]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+def test_a_port_in_use_is_refused_in_one_line():
+    import socket
+
+    from specdiff.serving.server import check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # free again once closed
 
 
 def test_serve_prints_the_vllm_command_it_would_run(tiny_model_dir, tmp_path, capsys, verifier_config):
@@ -157,3 +212,57 @@ def test_the_load_client_keeps_at_most_the_level_in_flight_and_counts_tokens():
     assert state["most"] == 3 and result.requests == 12 and result.completion_tokens == 60
     assert result.tokens_per_s == pytest.approx(60 / result.wall_seconds)
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0 and percentile([1.0, 2.0, 3.0, 4.0], 0.9) == 4.0
+
+
+def test_the_load_client_names_the_requests_that_failed():
+    from types import SimpleNamespace
+
+    from specdiff.serving.load_test import run_level
+
+    def create(**kwargs):
+        if kwargs["messages"][0]["content"] == "bad":
+            raise TimeoutError("Request timed out.")
+        return SimpleNamespace(usage=SimpleNamespace(completion_tokens=kwargs["max_tokens"]))
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    result = run_level(client, "m", ["a", "bad", "a", "bad"], concurrency=2, max_tokens=5)
+    assert result.requests == 4 and result.failed == 2 and result.completion_tokens == 10
+    assert result.failures == ("request 1: TimeoutError: Request timed out.", "request 3: TimeoutError: Request timed out.")
+    everything_fails = run_level(client, "m", ["bad"], concurrency=1, max_tokens=5)
+    assert everything_fails.failed == 1 and everything_fails.latency_mean_s != everything_fails.latency_mean_s  # nan
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--concurrency", "abc"], "--concurrency takes comma-separated numbers"),
+    (["--concurrency", "0,4"], "--concurrency takes comma-separated numbers"),
+    (["--requests", "0"], "--requests must be >= 1"),
+    (["--requests", "-3"], "--requests must be >= 1"),
+    (["--max-tokens", "0"], "--max-tokens must be >= 1"),
+])
+def test_bench_serve_refuses_bad_flags_in_one_line(flags, message, capsys):
+    from specdiff.cli import main
+
+    assert main(["bench-serve", "--label", "x", *flags]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1:9/v1", "cannot connect to http://127.0.0.1:9/v1"),
+    ("http://127.0.0.1:9", "ends in /v1"),
+])
+def test_bench_serve_without_a_server_says_so_in_one_line(url, message, capsys, tmp_path):
+    pytest.importorskip("openai", reason="bench-serve's client: pip install openai (the vllm extra has it)")
+    from specdiff.cli import main
+
+    assert main(["bench-serve", "--label", "x", "--url", url, "--out", str(tmp_path / "r.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_shipped_drafter_that_does_not_fit_is_refused_before_it_is_built(tmp_path, monkeypatch, verifier_config):
+    monkeypatch.setenv("SPECDIFF_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="specdiff-dflash-qwen2.5-coder-1.5b"):
+        speculative_setup("specdiff-dflash-qwen2.5-coder-1.5b", verifier_config)
+    assert not (tmp_path / "drafters").exists()

@@ -80,13 +80,22 @@ def cmd_ship_dflash(args) -> int:
     drafter, out = Path(args.drafter), Path(args.out)
     if not is_dflash_folder(drafter):
         raise ValueError(f"--drafter {drafter} is not a DFlash folder (a run's final/ or checkpoint-N/)")
-    card = json.loads(Path(args.card).read_text()) if args.card else {}
-    source_layers = [int(x) for x in args.source_layers.split(",") if x.strip()]
-    size = write_shipped(out, drafter, args.verifier, source_layers, args.rank, card)
+    if args.rank < 1 or not args.max_mb > 0:
+        raise ValueError(f"--rank must be >= 1 and --max-mb > 0, got {args.rank} and {args.max_mb}")
+    card = {}
+    if args.card:
+        try:
+            card = json.loads(Path(args.card).read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--card {args.card}: not a readable JSON file ({str(error).splitlines()[0]})") from None
+        if not isinstance(card, dict):
+            raise ValueError(f"--card {args.card}: holds {type(card).__name__}, not a JSON object of facts")
+    try:
+        source_layers = [int(x) for x in args.source_layers.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--source-layers takes comma-separated layer ids, got {args.source_layers!r}") from None
+    size = write_shipped(out, drafter, args.verifier, source_layers, args.rank, card, args.max_mb * 1e6)
     print(f"{out}: {size / 1e6:.1f} MB")
-    if size > args.max_mb * 1e6:
-        raise ValueError(f"{out} is {size / 1e6:.1f} MB, over --max-mb {args.max_mb}: lower --rank or train a "
-                         "smaller drafter (--intermediate-size)")
     return 0
 
 

@@ -38,12 +38,28 @@ class TextSequences:
 
 
 class TeacherSequences:
-    def __init__(self, records: list[dict], max_seq_len: int):
+    """Teacher records that can be trained on within ``max_seq_len`` tokens; ``filtering``
+    says what was left out or cut, and why (None when nothing was)."""
+
+    def __init__(self, records: list[dict], max_seq_len: int, vocab_size: int | None = None):
+        if vocab_size is not None:
+            check_token_ids(records, vocab_size)
+        short = sum(len(r["completion_ids"]) < 2 for r in records)
+        long_prompt = sum(len(r["completion_ids"]) >= 2 and len(r["prompt_ids"]) + 2 > max_seq_len for r in records)
         self.records = [r for r in records
                         if len(r["completion_ids"]) >= 2 and len(r["prompt_ids"]) + 2 <= max_seq_len]
+        cut = sum(len(r["prompt_ids"]) + len(r["completion_ids"]) > max_seq_len for r in self.records)
         if not self.records:
-            raise ValueError("no usable teacher records: run `specdiff calibrate data` first")
+            raise ValueError(f"no usable teacher records of {len(records)}: run `specdiff calibrate data` first"
+                             + (f" or raise --max-seq-len ({long_prompt} prompts do not fit {max_seq_len})"
+                                if long_prompt else ""))
         self.max_seq_len = max_seq_len
+        parts = [f"{long_prompt} whose prompt leaves no room for a completion within --max-seq-len {max_seq_len}"
+                 if long_prompt else "", f"{short} with fewer than 2 completion tokens" if short else ""]
+        dropped = " and ".join(p for p in parts if p)
+        notes = [f"left out {short + long_prompt} of {len(records)} teacher records: {dropped}" if dropped else "",
+                 f"cut {cut} longer records to their first {max_seq_len} tokens" if cut else ""]
+        self.filtering = "; ".join(n for n in notes if n) or None
 
     def draw(self, rng: random.Random) -> TrainingSequence:
         return self.sequence(rng.randrange(len(self.records)))
@@ -61,6 +77,16 @@ class TeacherSequences:
             raise ValueError(f"--holdout-records {holdout} leaves no training data ({len(self.records)} records)")
         return (TeacherSequences(self.records[:-holdout], self.max_seq_len),
                 TeacherSequences(self.records[-holdout:], self.max_seq_len))
+
+
+def check_token_ids(records: list[dict], vocab_size: int) -> None:
+    """One line naming the first record whose token ids lie outside the model's vocabulary."""
+    for index, record in enumerate(records):
+        ids = record["prompt_ids"] + record["completion_ids"]
+        bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"teacher record {index} holds token id {bad}, outside the verifier's vocabulary of "
+                             f"{vocab_size}: the teacher data was made with another tokenizer")
 
 
 def content_key(ids: Tensor) -> str:

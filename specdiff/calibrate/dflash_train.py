@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,6 +82,12 @@ class DFlashTrainConfig:
             raise ValueError(f"--intermediate-size must be >= 0 (0: the verifier's), got {self.intermediate_size}")
         if min(self.num_layers, self.gamma, self.steps, self.anchors_per_step, self.checkpoint_every) < 1:
             raise ValueError("--num-layers, --gamma, --steps, --anchors-per-step and --checkpoint-every must be >= 1")
+        for flag, value in (("--holdout-records", self.holdout_records), ("--train-vocab", self.train_vocab),
+                            ("--warmup-steps", self.warmup_steps)):
+            if value < 0:
+                raise ValueError(f"{flag} must be >= 0 (0: off), got {value}")
+        if self.max_seq_len < self.gamma + 2:
+            raise ValueError(f"--max-seq-len must hold a prompt token and a block of --gamma + 1, got {self.max_seq_len}")
 
 
 def build_network(cfg: DFlashTrainConfig, verifier_model, sample_ids: torch.Tensor | None = None) -> DFlashNetwork:
@@ -272,8 +279,11 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
     out = Path(out_dir)
     check_run_folder(cfg, out, resumable_changes=("steps", "checkpoint_every", "feature_cache"))
     records = read_shards(cfg.teacher)
-    sequences, held = TeacherSequences(records, cfg.max_seq_len).split(cfg.holdout_records)
     verifier_model, _ = load_causal_lm(cfg.verifier)
+    teacher = TeacherSequences(records, cfg.max_seq_len, verifier_model.config.vocab_size)
+    if teacher.filtering:
+        print(f"train-dflash: {teacher.filtering}", file=sys.stderr)
+    sequences, held = teacher.split(cfg.holdout_records)
     verifier_model.requires_grad_(False)
     network = build_network(cfg, verifier_model, sequences.draw(step_rng(cfg.seed, -1, 0)).ids)
     out.mkdir(parents=True, exist_ok=True)

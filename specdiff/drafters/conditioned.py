@@ -48,6 +48,11 @@ class ConditionedDrafter:
         self._tokens.extend(accepted.tokens)
 
     @property
+    def max_gamma(self) -> int:
+        """Draft slots per block the drafter was built for (its block holds the last token too)."""
+        return self.network.config.block_size - 1
+
+    @property
     def sequence(self) -> list[int]:
         """The committed tokens the drafter has been told of."""
         return list(self._tokens)

@@ -66,12 +66,18 @@ def read_config(folder: Path) -> Qwen3Config:
         raw = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise DrafterMismatchError(f"{folder / CONFIG_FILE}: cannot read the drafter config ({error})") from None
-    dflash = raw.get("dflash_config") or {}
+    return config_from_dict(raw, str(folder / CONFIG_FILE))
+
+
+def config_from_dict(raw: dict, where: str) -> Qwen3Config:
+    """A DFlash config.json's contents as a Qwen3Config with ``dflash_config`` filled in."""
+    raw = dict(raw)
+    dflash = dict(raw.get("dflash_config") or {})
     dflash.setdefault("mask_token_id", raw.get("mask_token_id"))
     dflash.setdefault("target_layer_ids", raw.get("target_layer_ids"))
     for key in ("mask_token_id", "target_layer_ids"):
         if dflash.get(key) is None:
-            raise DrafterMismatchError(f"{folder / CONFIG_FILE}: dflash_config has no {key}")
+            raise DrafterMismatchError(f"{where}: dflash_config has no {key}")
     raw["dflash_config"] = dflash
     if "rope_parameters" in raw:  # the older key, written beside it for other readers
         raw.pop("rope_theta", None)

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from specdiff.drafters.diffusion_network import DiffusionLM
@@ -59,13 +60,29 @@ def load_deltas(network: DiffusionLM, deltas: dict[str, torch.Tensor], lora: dic
             params[name].copy_(tensor.to(params[name].dtype))
 
 
+def check_drafter_files(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, deltas) of a saved drafter folder; one line naming the file when either is
+    missing or damaged (no code in them can run: JSON and safetensors)."""
+    try:
+        config = json.loads((folder / DRAFTER_CONFIG).read_text())
+        if not isinstance(config, dict) or not {"base", "num_layers"} <= config.keys():
+            raise ValueError("it names no base model and layer count")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{folder / DRAFTER_CONFIG}: not a drafter config ({str(error).splitlines()[0]})") from None
+    try:
+        deltas = load_file(str(folder / DRAFTER_DELTAS))
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"{folder / DRAFTER_DELTAS}: damaged or missing weights ({error})") from None
+    return config, deltas
+
+
 def load_diffusion_lm(folder: Path, dtype: str = "float32"):
     """(network, tokenizer) of a saved drafter: base layers plus the saved deltas."""
     from specdiff.models.loading import load_causal_lm
 
-    config = json.loads((folder / DRAFTER_CONFIG).read_text())
+    config, deltas = check_drafter_files(folder)
     base, tokenizer = load_causal_lm(config["base"], dtype)
     network = diffusion_lm_from_causal_lm(base, config["num_layers"])
     del base
-    load_deltas(network, load_file(str(folder / DRAFTER_DELTAS)), config.get("lora"))
+    load_deltas(network, deltas, config.get("lora"))
     return network.eval(), tokenizer

@@ -88,20 +88,43 @@ def expand(deltas: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> 
 
 
 def write_shipped(folder: Path, network_folder: Path, verifier: str, source_layers: list[int], rank: int,
-                  card: dict) -> int:
+                  card: dict, max_bytes: float) -> int:
     """Compress the DFlash folder ``network_folder`` (trained from ``verifier``'s layers
-    ``source_layers``) into ``folder``; returns the bytes written."""
-    state = load_file(str(network_folder / "model.safetensors"))
+    ``source_layers``; checked against the verifier first) into ``folder``; returns the
+    bytes written. Everything is written beside ``folder`` and renamed into place only when
+    it fits ``max_bytes``, so a refused or killed run leaves nothing that looks shipped. The
+    mask embedding is written anew from its checked tensor, never copied as a file."""
+    from transformers import AutoConfig
+
+    from specdiff.drafters.dflash_files import MASK_EMBEDDING_FILE, load_dflash
+    from specdiff.models.loading import resolve_model_folder
+
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file: give a folder")
+    network = load_dflash(network_folder, AutoConfig.from_pretrained(resolve_model_folder(verifier)))
+    state = {k: v for k, v in network.state_dict().items() if k != "mask_embedding"}
     source = read_source(verifier, [n for n in state if source_parameter(n, source_layers)], source_layers,
                          required=False)  # q/k norms and o_proj's bias have no source in a Qwen2 layer
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(compress(state, source, rank), str(folder / DELTAS_FILE))
-    config = json.loads((network_folder / "config.json").read_text())
-    spec = {"verifier": verifier, "source_layers": source_layers, "rank": rank, "config": config, "card": card}
-    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-    if (network_folder / "mask_embedding.pt").is_file():
-        shutil.copy(network_folder / "mask_embedding.pt", folder / "mask_embedding.pt")
-    return sum(p.stat().st_size for p in folder.iterdir())
+    work = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        save_file(compress(state, source, rank), str(work / DELTAS_FILE))
+        config = json.loads((network_folder / "config.json").read_text())
+        spec = {"verifier": verifier, "source_layers": source_layers, "rank": rank, "config": config, "card": card}
+        (work / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        if network.mask_embedding is not None:
+            torch.save({"mask_token_id": network.mask_token_id, "embedding": network.mask_embedding.detach().clone()},
+                       work / MASK_EMBEDDING_FILE)
+        size = sum(p.stat().st_size for p in work.iterdir())
+        if size > max_bytes:
+            raise ValueError(f"the shipped form would be {size / 1e6:.1f} MB, over --max-mb {max_bytes / 1e6:g}: "
+                             "lower --rank or train a smaller drafter (--intermediate-size); nothing was written")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(work, folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return size
 
 
 def read_source(verifier: str, names: list[str], source_layers: list[int],
@@ -127,14 +150,20 @@ def read_source(verifier: str, names: list[str], source_layers: list[int],
     return found
 
 
-def dflash_drafter_folder(spec: str) -> Path | None:
+def dflash_drafter_folder(spec: str, verifier_config=None) -> Path | None:
     """The vLLM-layout folder of the shipped DFlash drafter ``spec`` names (built in the
-    model cache on first use), or None when ``spec`` names no shipped DFlash drafter."""
+    model cache on first use), or None when ``spec`` names no shipped DFlash drafter. With
+    ``verifier_config`` a drafter that does not fit that verifier is refused before
+    anything is built."""
+    from specdiff.drafters.dflash_files import check_fits, config_from_dict
     from specdiff.models.prepare import cache_root
 
     shipped = shipped_dflash_dir(spec)
     if shipped is None:
         return None
+    if verifier_config is not None:
+        config = json.loads((shipped / SPEC_FILE).read_text())["config"]
+        check_fits(config_from_dict(config, str(shipped / SPEC_FILE)), verifier_config, spec)
     return build_from_shipped(shipped, cache_root() / "drafters" / spec)
 
 

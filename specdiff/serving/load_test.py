@@ -22,12 +22,14 @@ from pathlib import Path
 class LevelResult:
     concurrency: int
     requests: int
-    completion_tokens: int
+    completion_tokens: int  # of the requests that were answered
     wall_seconds: float
     tokens_per_s: float
-    latency_mean_s: float
+    latency_mean_s: float  # of the answered requests (nan when none was)
     latency_p50_s: float
     latency_p90_s: float
+    failed: int = 0
+    failures: tuple[str, ...] = ()  # "request N: what went wrong", one per failed request
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -36,46 +38,91 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def run_level(client, model: str, prompts: list[str], concurrency: int, max_tokens: int) -> LevelResult:
-    def one(text: str) -> tuple[float, int]:
+    """Send every prompt, at most ``concurrency`` at a time. A request that fails (an HTTP
+    error, a timeout, a dropped connection) is counted and named, never retried."""
+    def one(index: int) -> tuple[float, int, str | None]:
         started = time.perf_counter()
-        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
-                                               temperature=0, max_tokens=max_tokens)
-        return time.perf_counter() - started, reply.usage.completion_tokens
+        try:
+            reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompts[index]}],
+                                                   temperature=0, max_tokens=max_tokens)
+        except Exception as error:  # noqa: BLE001 - any failure of one request is reported, the level goes on
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            return time.perf_counter() - started, 0, f"request {index}: {type(error).__name__}: {first_line}"
+        return time.perf_counter() - started, reply.usage.completion_tokens, None
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(one, prompts))
+        results = list(pool.map(one, range(len(prompts))))
     wall = time.perf_counter() - started
-    latencies = [seconds for seconds, _ in results]
-    tokens = sum(count for _, count in results)
-    return LevelResult(concurrency, len(prompts), tokens, wall, tokens / wall, statistics.mean(latencies),
-                       percentile(latencies, 0.5), percentile(latencies, 0.9))
+    latencies = [seconds for seconds, _, error in results if error is None]
+    failures = tuple(error for _, _, error in results if error is not None)
+    tokens = sum(count for _, count, _ in results)
+    nan = float("nan")
+    return LevelResult(concurrency, len(prompts), tokens, wall, tokens / wall,
+                       statistics.mean(latencies) if latencies else nan,
+                       percentile(latencies, 0.5) if latencies else nan,
+                       percentile(latencies, 0.9) if latencies else nan, len(failures), failures)
+
+
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise ValueError(f"--concurrency takes comma-separated numbers >= 1 like 1,4,16, got {text!r}")
+    return levels
+
+
+def served_model(client, url: str) -> str:
+    """The first model the server at ``url`` lists; one line when it cannot be asked."""
+    import openai
+
+    hint = "" if url.rstrip("/").endswith("/v1") else " (the URL of an OpenAI-compatible server ends in /v1)"
+    try:
+        return client.models.list().data[0].id
+    except openai.APIConnectionError:
+        raise ValueError(f"cannot connect to {url}{hint}: is `specdiff serve` running there?") from None
+    except openai.APIStatusError as error:
+        raise ValueError(f"{url} answered HTTP {error.status_code} to GET /models{hint}") from None
+    except (IndexError, AttributeError):
+        raise ValueError(f"{url} lists no model: pass --model NAME") from None
 
 
 def cmd_bench_serve(args) -> int:
-    from openai import OpenAI
-
     from specdiff.bench.datasets import load_prompts
 
-    levels = [int(x) for x in args.concurrency.split(",") if x]
-    if not levels or min(levels) < 1:
-        raise ValueError(f"--concurrency must list numbers >= 1, got {args.concurrency!r}")
-    client = OpenAI(base_url=args.url, api_key="none", max_retries=0, timeout=3600)
-    model = args.model or client.models.list().data[0].id
+    levels = parse_levels(args.concurrency)
+    for flag, value in (("--requests", args.requests), ("--max-tokens", args.max_tokens), ("--timeout", args.timeout)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    try:
+        from openai import OpenAI
+    except ImportError:
+        raise ValueError("bench-serve needs the openai client: pip install 'specdiff[vllm]' (or just openai)") from None
+    client = OpenAI(base_url=args.url, api_key="none", max_retries=0, timeout=args.timeout)
+    model = args.model or served_model(client, args.url)
     pool = [p.turns[0] for p in load_prompts(args.dataset, args.data_path or None, None, None)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    run_level(client, model, pool[:1], 1, 4)  # warm-up, not recorded
+    warm = run_level(client, model, pool[:1], 1, 4)  # warm-up, not recorded
+    if warm.failed:
+        raise ValueError(f"the server at {args.url} did not answer a first request ({warm.failures[0]})")
+    failed = 0
     for level in levels:
         count = max(args.requests, level)
         prompts = [pool[i % len(pool)] for i in range(count)]
         result = run_level(client, model, prompts, level, args.max_tokens)
+        failed += result.failed
         with open(out, "a") as handle:
             handle.write(json.dumps({"label": args.label, "model": model, **asdict(result)}) + "\n")
         print(f"{args.label}: concurrency {level}: {result.tokens_per_s:.2f} tokens/s, latency mean "
-              f"{result.latency_mean_s:.1f} s (p50 {result.latency_p50_s:.1f}, p90 {result.latency_p90_s:.1f})")
+              f"{result.latency_mean_s:.1f} s (p50 {result.latency_p50_s:.1f}, p90 {result.latency_p90_s:.1f})"
+              + (f"; {result.failed} of {count} requests FAILED:" if result.failed else ""))
+        for failure in result.failures:
+            print(f"  {failure}")
     print(f"results in {out}, plot in {plot_levels(out)}")
-    return 0
+    return 1 if failed else 0
 
 
 def plot_levels(results_path: Path) -> Path:
@@ -112,6 +159,8 @@ def register(commands) -> None:
     bench.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
     bench.add_argument("--requests", type=int, default=4, help="requests per level (at least the level)")
     bench.add_argument("--max-tokens", type=int, default=128)
+    bench.add_argument("--timeout", type=float, default=600,
+                       help="seconds one request may take before it is counted as failed")
     bench.add_argument("--dataset", default="humaneval")
     bench.add_argument("--data-path", default="")
     bench.add_argument("--out", default="runs/serve-bench.jsonl", help="results are appended, one line per level")

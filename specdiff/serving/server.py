@@ -48,6 +48,7 @@ def serve_command(args) -> tuple[list[str], dict[str, str]]:
     from specdiff.serving.environment import vllm_environment
     from specdiff.serving.speculative import speculative_setup
 
+    check_flags(args)
     folder = resolve_model_folder(args.verifier)
     verifier_config = AutoConfig.from_pretrained(folder)
     setup = speculative_setup(args.drafter, verifier_config, args.gamma, args.drafter_steps)
@@ -65,6 +66,29 @@ def serve_command(args) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
+def check_flags(args) -> None:
+    """Numbers vLLM would take or fail on late, refused here in one line."""
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    for flag, value in (("--max-model-len", args.max_model_len), ("--max-num-seqs", args.max_num_seqs),
+                        ("--drafter-steps", args.drafter_steps)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
+        raise ValueError(f"--kv-cache-gib must be > 0, got {args.kv_cache_gib}")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before vLLM spends a minute loading."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ValueError(f"cannot listen on {host}:{port} ({error.strerror}): pick another --port") from None
+
+
 def cmd_serve(args) -> int:
     from specdiff.serving.environment import import_vllm
 
@@ -73,6 +97,7 @@ def cmd_serve(args) -> int:
         settings = {k: v for k, v in env.items() if os.environ.get(k) != v}
         print(" ".join([*(f"{k}={shlex.quote(v)}" for k, v in settings.items()), *map(shlex.quote, argv)]))
         return 0
+    check_port_free(args.host, args.port)
     import_vllm()  # a missing or broken vLLM is reported here, in one line
     sys.stdout.flush()
     sys.stderr.flush()

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, read_config
+from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_dflash, read_config
+from specdiff.drafters.files import check_drafter_files
 from specdiff.drafters.loading import diffusion_folder
 from specdiff.serving.proposer import DRAFTER_ENV, STEPS_ENV
 
@@ -38,10 +39,14 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
         raise ValueError(f"--gamma must be >= 1, got {gamma}")
     if drafter == "none":
         return SpeculativeSetup(None)
-    folder = dflash_drafter_folder(drafter) or (Path(drafter) if is_dflash_folder(drafter) else None)
+    folder = dflash_drafter_folder(drafter, verifier_config) or (Path(drafter) if is_dflash_folder(drafter) else None)
     if folder is not None:
         config = read_config(folder)
         check_fits(config, verifier_config, str(folder))
+        load_dflash(folder, verifier_config)  # weights and mask embedding checked as generate checks them
+        if gamma is not None and gamma > config.block_size - 1:
+            raise ValueError(f"--gamma {gamma} is beyond what the DFlash drafter in {folder} drafts per block "
+                             f"(block size {config.block_size}: at most {config.block_size - 1})")
         return SpeculativeSetup({"method": "dflash", "model": str(folder.resolve()),
                                  "num_speculative_tokens": gamma or config.block_size - 1})
     gamma = gamma or DEFAULT_GAMMA
@@ -50,6 +55,7 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
                                  "prompt_lookup_max": NGRAM_MAX, "prompt_lookup_min": NGRAM_MIN})
     diffusion = diffusion_folder(drafter)
     if diffusion is not None:
+        check_drafter_files(diffusion)
         return SpeculativeSetup({"method": "custom_class", "model": PROPOSER_CLASS, "num_speculative_tokens": gamma},
                                 {DRAFTER_ENV: str(diffusion), STEPS_ENV: str(steps)})
     raise ValueError(f"--drafter {drafter!r} is not a DFlash folder, a diffusion drafter, 'ngram' or 'none' "
