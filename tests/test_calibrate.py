@@ -116,9 +116,10 @@ def test_checkpoint_that_would_run_code_is_refused(tiny_run, tmp_path):
     assert train(tiny_run, out, stop_after=2) is None
     marker = tmp_path / "pwned"
     torch.save({"step": 2, "payload": RunsCode(marker)}, out / "checkpoint-000002" / "trainer.pt")
-    with pytest.raises(ValueError, match="refusing to load .*trainer.pt"):
+    with pytest.raises(ValueError, match="refusing to resume: .*trainer.pt: holds Python objects") as refused:
         train(tiny_run, out)
     assert not marker.exists()
+    assert "weights_only" not in str(refused.value), "never pass on torch's advice to load it unsafely"
 
 
 def test_resume_with_other_model_flags_is_refused_before_anything_is_written(tiny_run, tmp_path, capsys):
@@ -139,3 +140,24 @@ def test_run_folder_that_is_a_file_is_refused(tiny_run, tmp_path):
     target = tmp_path / "file"
     target.write_text("")
     assert main(["calibrate", "train", "--out", str(target), "--base", tiny_run.base]) == 2
+
+
+def test_teacher_data_refusals_leave_nothing_behind(tmp_path, capsys):
+    from specdiff.calibrate.teacher import TeacherConfig, read_shards
+    from specdiff.cli import main
+
+    out = tmp_path / "teacher"
+    assert main(["calibrate", "data", "--gsm8k", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    assert "GSM8K file not found" in capsys.readouterr().err and not out.exists()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert main(["calibrate", "data", "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err and a_file.read_text() == "x"
+    assert TeacherConfig(engine="vllm").temperature == 0 and TeacherConfig().temperature == 0.5
+    with pytest.raises(ValueError, match="greedy data only"):
+        TeacherConfig(engine="vllm", temperature=0.5)
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "shard-00000.jsonl").write_text('{"prompt_ids": [1], "completion_ids": [2, 3]}\n{"prompt_ids": [1], "comp')
+    with pytest.raises(ValueError, match="shard-00000.jsonl line 2 is not a teacher record"):
+        read_shards(torn)

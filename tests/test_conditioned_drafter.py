@@ -168,9 +168,10 @@ def test_a_mask_embedding_file_that_would_run_code_is_refused(verifier_model, tm
     save_dflash(random_network(verifier_model), tmp_path)
     marker = tmp_path / "pwned"
     torch.save({"mask_token_id": 31, "embedding": RunsCode(marker)}, tmp_path / "mask_embedding.pt")
-    with pytest.raises(DrafterMismatchError, match="not a plain tensor file"):
+    with pytest.raises(DrafterMismatchError, match="not a plain tensor file") as refused:
         load_dflash(tmp_path, verifier_model.config)
     assert not marker.exists()
+    assert "weights_only" not in str(refused.value), "never pass on torch's advice to load it unsafely"
 
 
 def test_cli_generates_with_an_untrained_dflash_drafter(tiny_model_dir, capsys):

@@ -74,6 +74,20 @@ def test_interrupted_training_resumes_exactly(tiny_dflash_run, tmp_path):
     assert drafter.feature_layers == (1,)
 
 
+def test_a_resumed_log_holds_each_step_once(tiny_dflash_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    assert train_dflash(tiny_dflash_run, out, stop_after=3) is None  # checkpoints at steps 2 and 3
+    shutil.rmtree(out / "checkpoint-000003")  # as if killed after logging step 3, before its checkpoint
+    with open(out / "train.log", "a") as log:
+        log.write('{"step": 4, "loss": 1.')  # and in the middle of a line
+    train_dflash(tiny_dflash_run, out)
+    steps = [json.loads(line)["step"] for line in (out / "train.log").read_text().splitlines()
+             if "heldout_tau" not in line]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
 def test_training_learns_a_sequence(tiny_dflash_run, tmp_path):
     """A verifier with a sharp LM head (the drafter trains through it, frozen) and one
     sequence to learn: the loss must fall well below its start."""
@@ -107,6 +121,18 @@ def test_feature_cache_changes_nothing_but_the_cost(tiny_dflash_run, tmp_path):
     again = train_dflash(cached_cfg, tmp_path / "again")  # every sequence read back from the cache
     first, second, third = (load_file(str(f / "model.safetensors")) for f in (plain, cached, again))
     assert all(torch.equal(first[k], second[k]) and torch.equal(first[k], third[k]) for k in first)
+
+
+def test_a_damaged_feature_cache_entry_is_recomputed(tiny_dflash_run, tmp_path, capsys):
+    cached_cfg = replace(tiny_dflash_run, feature_cache=str(tmp_path / "features"))
+    reference = train_dflash(cached_cfg, tmp_path / "first")
+    entries = sorted((tmp_path / "features").glob("*.safetensors"))
+    entries[0].write_bytes(entries[0].read_bytes()[:50])
+    again = train_dflash(cached_cfg, tmp_path / "again")
+    assert f"feature cache entry {entries[0]} is damaged" in capsys.readouterr().err
+    first, second = (load_file(str(f / "model.safetensors")) for f in (reference, again))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert entries[0].stat().st_size > 50, "the entry was written anew"
 
 
 def test_a_shipped_drafter_is_rebuilt_from_its_deltas_and_the_verifier(tiny_dflash_run, tiny_model_dir, tmp_path):

@@ -91,3 +91,30 @@ def test_adapters_change_block_rows_only():
     after, _ = network(ids, torch.arange(10)[None], mask, adapted_from=6)
     assert torch.allclose(before[:, :6], after[:, :6])
     assert not torch.allclose(before[:, 6:], after[:, 6:])
+
+
+def test_drafters_cut_from_one_base_share_it_and_never_write_to_it(tiny_model_dir, tmp_path):
+    from specdiff.drafters.files import load_diffusion_lm, save_drafter
+
+    def saved(name, deltas):
+        save_drafter(tmp_path / name, deltas, {"base": str(tiny_model_dir), "num_layers": 2,
+                                                 "lora": {"r": 2, "alpha": 4.0}})
+        return tmp_path / name
+
+    alone, _ = load_diffusion_lm(saved("a", {"mask_embedding": torch.ones(32)}))
+    lora_a = dict(alone.named_parameters())["layers.0.self_attn.q_proj.lora_B"]
+    changed_norm = {"mask_embedding": torch.ones(32), "norm.weight": torch.full((32,), 3.0),
+                    "layers.0.self_attn.q_proj.lora_B": torch.ones_like(lora_a)}
+    pool: dict = {}
+    first, _ = load_diffusion_lm(tmp_path / "a", base_models=pool)
+    second, _ = load_diffusion_lm(saved("b", changed_norm), base_models=pool)
+    base, _ = next(iter(pool.values()))
+    assert first.layers[0].mlp.up_proj.weight.data_ptr() == second.layers[0].mlp.up_proj.weight.data_ptr() == \
+        base.model.layers[0].mlp.up_proj.weight.data_ptr(), "one copy of the base weights"
+    assert torch.equal(base.model.norm.weight, alone.norm.weight), "a drafter's delta never writes into the base"
+    assert torch.equal(first.norm.weight, alone.norm.weight) and (second.norm.weight == 3.0).all()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    positions = torch.arange(5)[None]
+    mask = torch.ones(1, 5, 5, dtype=torch.bool).tril()
+    with torch.no_grad():
+        torch.testing.assert_close(first(ids, positions, mask)[0], alone(ids, positions, mask)[0], rtol=0, atol=0)

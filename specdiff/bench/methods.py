@@ -111,7 +111,7 @@ class MethodSettings:
     assistant: str = "qwen2.5-coder-0.5b-instruct"
     specdiff_drafter: str = "specdiff-qwen2.5-coder-1.5b-adapted"  # adapted, not aligned
     specdiff2_drafter: str = "specdiff-qwen2.5-coder-1.5b"
-    dflash_drafter: str = ""  # a DFlash-layout drafter folder for the verifier
+    dflash_drafter: str = "specdiff-dflash-qwen2.5-coder-1.5b"  # a DFlash-layout drafter (folder or shipped name)
     gamma_dflash: int = 8  # draft length of the DFlash drafter
 
     def __post_init__(self) -> None:
@@ -169,11 +169,14 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
     methods, unavailable = [], {}
     assistant = None
     drafters: dict = {}  # one network per drafter spec, shared by the methods that use it
+    base_models: dict = {}  # one copy of each base model (the 0.5B), shared by the assistant and the drafters
     for name in names:
         k_suffix = SWEEP_METHOD.fullmatch(name)  # specdiff2 with explicit K (and gamma)
         try:
             if name in ("hf-assisted", "sd-ar") and assistant is None:
-                assistant, assistant_tokenizer = load_causal_lm(settings.assistant)
+                if (settings.assistant, "float32") not in base_models:
+                    base_models[(settings.assistant, "float32")] = load_causal_lm(settings.assistant)
+                assistant, assistant_tokenizer = base_models[(settings.assistant, "float32")]
                 check_same_tokenizer(tokenizer, assistant_tokenizer)
             if name == "ar":
                 methods.append(HFGenerateMethod(name, model, eos, **hf))
@@ -198,7 +201,8 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
                 suffix = k_suffix.group(4) if k_suffix else None
                 weights = {"int8": "int8", "fp32": "float32", None: DrafterConfig.weights}[suffix]
                 if (spec, weights) not in drafters:
-                    drafters[(spec, weights)] = load_drafter(spec, DrafterConfig(weights=weights), verifier_model=model)[0]
+                    drafters[(spec, weights)] = load_drafter(spec, DrafterConfig(weights=weights), verifier_model=model,
+                                                             base_models=base_models)[0]
                 drafter = drafters[(spec, weights)]
                 num_drafts = int(k_suffix.group(2)) if k_suffix else settings.num_drafts if name == "specdiff2" else 1
                 sampled_drafts = num_drafts > 1 or settings.temperature > 0

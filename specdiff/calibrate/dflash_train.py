@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -167,9 +168,13 @@ class FeatureCache:
         """[seq_len - 1, F] float32 for ids [seq_len]: every token a block can see."""
         path = self.folder / f"{key}.safetensors" if self.folder is not None and key else None
         if path is not None and path.is_file():
-            stored = load_file(str(path))
-            if stored["ids"].equal(ids) and stored["layers"].tolist() == self.layer_ids:
-                return stored["features"].float()
+            try:
+                stored = load_file(str(path))
+                if stored["ids"].equal(ids) and stored["layers"].tolist() == self.layer_ids:
+                    return stored["features"].float()
+            except (SafetensorError, OSError, KeyError, RuntimeError) as error:  # a cache: recompute what is damaged
+                print(f"train-dflash: feature cache entry {path} is damaged ({type(error).__name__}); recomputing it",
+                      file=sys.stderr)
         features = self.verifier.prefill(ids[None], self.layer_ids).to(torch.float16)
         if path is not None:
             partial = path.with_suffix(".partial")

@@ -34,11 +34,15 @@ def adamw_with_warmup(params, lr: float, warmup_steps: int):
 
 
 class StepLog:
-    """A progress bar and one JSON line per step in ``train.log`` (rank 0 only)."""
+    """A progress bar and one JSON line per step in ``train.log`` (rank 0 only). A run
+    resumed at step ``initial`` first drops what the log holds after that step (steps
+    logged after the last checkpoint, before an interruption): they are trained again."""
 
     def __init__(self, out: Path, total: int, initial: int, desc: str, enabled: bool = True):
         self.enabled = enabled
         self.bar = tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, disable=not enabled)
+        if enabled:
+            keep_log_until(out / "train.log", initial)
         self.file = open(out / "train.log", "a") if enabled else None
 
     def write(self, step: int, loss: Tensor, log_q: Tensor, greedy_hit: Tensor, valid: Tensor, seconds: float,
@@ -69,3 +73,20 @@ class StepLog:
         self.bar.close()
         if self.file:
             self.file.close()
+
+
+def keep_log_until(path: Path, step: int) -> None:
+    """Rewrite the JSON-lines log at ``path`` (if any) without lines after ``step`` and without
+    a torn last line, by atomic rename."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(kept))
+    os.replace(partial, path)

@@ -33,7 +33,9 @@ class TeacherConfig:
     completions_per_prompt: int = 1
     batch_size: int = 8
     max_new_tokens: int = 128
-    temperature: float = 0.5  # the SpecDiff-2 reference recipe; 0: greedy (what a DFlash drafter learns)
+    temperature: float | None = field(default=None, metadata={
+        "help": "sampling temperature (default: 0.5, the SpecDiff-2 reference recipe, with transformers; 0, greedy, "
+                "with vLLM, which makes greedy data only; 0 is what a DFlash drafter learns)"})
     top_p: float = 0.95
     seed: int = 0
     engine: str = field(default="transformers", metadata={
@@ -42,8 +44,12 @@ class TeacherConfig:
         "help": "a third of the prompts are general instructions over passages (else half math, half code)"})
 
     def __post_init__(self) -> None:
+        if self.temperature is None:  # frozen: the resolved default is stored once, here
+            object.__setattr__(self, "temperature", 0.0 if self.engine == "vllm" else 0.5)
         if self.engine == "vllm" and self.temperature > 0:
-            raise ValueError("--engine vllm makes greedy data only: add --temperature 0")
+            raise ValueError("--engine vllm makes greedy data only: use --temperature 0 (its default)")
+        if not self.temperature >= 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
 
 
 def shard_path(out_dir: Path, index: int) -> Path:
@@ -58,8 +64,21 @@ def read_shards(out_dirs: str | Path) -> list[dict]:
             raise FileNotFoundError(f"no teacher data folder {out_dir.strip()}: run `specdiff calibrate data` first")
         for path in sorted(Path(out_dir.strip()).glob("shard-*.jsonl")):
             with open(path) as handle:
-                records.extend(json.loads(line) for line in handle if line.strip())
+                for number, line in enumerate(handle, 1):
+                    if line.strip():
+                        records.append(_record(line, path, number))
     return records
+
+
+def _record(line: str, path: Path, number: int) -> dict:
+    try:
+        record = json.loads(line)
+        if isinstance(record, dict) and all(isinstance(record.get(k), list) for k in ("prompt_ids", "completion_ids")):
+            return record
+    except ValueError:
+        pass
+    raise ValueError(f"{path} line {number} is not a teacher record: delete the shard and rerun `specdiff "
+                     "calibrate data` with the same flags to make it again")
 
 
 @torch.inference_mode()
@@ -128,9 +147,11 @@ def generate_teacher_data(config: TeacherConfig, out_dir: str | Path) -> Path:
     from specdiff.calibrate.prompts import mixed_prompts
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file: give a folder for the teacher shards")
     prompts = mixed_prompts(config.gsm8k, config.num_prompts, config.seed, general=config.general_prompts)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the prompts exist: a refused run leaves no folder
+    (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     prompts = [p for p in prompts for _ in range(config.completions_per_prompt)]
     batches = [prompts[i:i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
     todo = [i for i in range(len(batches)) if not shard_path(out_dir, i).exists()]

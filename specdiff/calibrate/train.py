@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import sys
 import time
@@ -36,6 +35,7 @@ from specdiff.calibrate.losses import window_loss
 from specdiff.calibrate.windows import WindowBatch, make_windows
 from specdiff.drafters.diffusion_network import DiffusionLM
 from specdiff.drafters.files import DRAFTER_DELTAS, load_deltas, save_drafter
+from specdiff.models.tensor_files import load_plain
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,10 @@ def load_trainer_state(path: Path) -> dict:
     """Optimizer, scheduler and step of a checkpoint. Only tensors and plain containers
     load (``weights_only``): a pickle that would run code is refused."""
     try:
-        return torch.load(path, weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise ValueError(f"refusing to load {path}: it holds more than tensors and plain data ({first_line}); "
-                         "delete that checkpoint folder to resume from an earlier one") from None
+        return load_plain(path)
+    except ValueError as error:
+        raise ValueError(f"refusing to resume: {error}; delete that checkpoint folder to resume from an earlier "
+                         "one") from None
 
 
 def latest_checkpoint(out: Path) -> Path | None:

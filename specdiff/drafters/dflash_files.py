@@ -14,7 +14,6 @@ mismatch, before any weight is used.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen3Config
 
 from specdiff.drafters.dflash_network import DFlashNetwork
+from specdiff.models.tensor_files import load_plain
 
 ARCHITECTURE = "DFlashDraftModel"
 CONFIG_FILE = "config.json"
@@ -130,9 +130,9 @@ def _read_mask_embedding(folder: Path, mask_token_id: int, hidden_size: int) -> 
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError) as error:
-        raise DrafterMismatchError(f"{path}: not a plain tensor file ({str(error).splitlines()[0]})") from None
+        state = load_plain(path)
+    except ValueError as error:
+        raise DrafterMismatchError(f"not a plain tensor file: {error}") from None
     if isinstance(state, dict):
         if state.get("mask_token_id", mask_token_id) != mask_token_id:
             raise DrafterMismatchError(f"{path}: mask_token_id {state.get('mask_token_id')} differs from the "

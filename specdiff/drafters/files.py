@@ -13,12 +13,14 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from specdiff.drafters.diffusion_network import DiffusionLM
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 
+OWN_PARAMETERS = (".lora_A", ".lora_B", "mask_embedding")  # what a drafter adds to its base
 DRAFTER_CONFIG = "drafter.json"
 DRAFTER_DELTAS = "deltas.safetensors"
 SHIPPED_DRAFTERS = {
@@ -48,7 +50,9 @@ def load_deltas(network: DiffusionLM, deltas: dict[str, torch.Tensor], lora: dic
     """Attach adapters (if ``lora``) and overwrite the named parameters with ``deltas``.
 
     Adapters stay unmerged: they act on draft-block rows only, while prefix rows use the
-    base weights (see ``BlockLoRALinear``)."""
+    base weights (see ``BlockLoRALinear``). The drafter's own parameters (adapters, MASK
+    embedding) are written in place; a delta of a base weight gets a tensor of its own,
+    because base weights are shared with the base model (and other drafters cut from it)."""
     if lora and not any(name.endswith(".lora_A") for name, _ in network.named_parameters()):
         network.add_lora(lora["r"], lora["alpha"])
     params = dict(network.named_parameters())
@@ -57,7 +61,13 @@ def load_deltas(network: DiffusionLM, deltas: dict[str, torch.Tensor], lora: dic
         raise ValueError(f"drafter deltas name parameters the network lacks: {unknown[:3]} ...")
     with torch.no_grad():
         for name, tensor in deltas.items():
-            params[name].copy_(tensor.to(params[name].dtype))
+            if name.endswith(OWN_PARAMETERS):
+                params[name].copy_(tensor.to(params[name].dtype))
+            else:
+                owner, _, leaf = name.rpartition(".")
+                module = network.get_submodule(owner) if owner else network
+                module._parameters[leaf] = nn.Parameter(tensor.to(params[name].dtype).clone(),
+                                                        requires_grad=params[name].requires_grad)
 
 
 def check_drafter_files(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -76,12 +86,20 @@ def check_drafter_files(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, deltas
 
 
-def load_diffusion_lm(folder: Path, dtype: str = "float32"):
-    """(network, tokenizer) of a saved drafter: base layers plus the saved deltas."""
+def load_diffusion_lm(folder: Path, dtype: str = "float32", base_models: dict | None = None):
+    """(network, tokenizer) of a saved drafter: base layers plus the saved deltas. With
+    ``base_models`` (a dict the caller keeps: (spec, dtype) -> (model, tokenizer)) drafters
+    cut from the same base share its weights instead of each loading a copy."""
     from specdiff.models.loading import load_causal_lm
 
     config, deltas = check_drafter_files(folder)
-    base, tokenizer = load_causal_lm(config["base"], dtype)
+    key = (config["base"], dtype)
+    if base_models is not None and key in base_models:
+        base, tokenizer = base_models[key]
+    else:
+        base, tokenizer = load_causal_lm(config["base"], dtype)
+        if base_models is not None:
+            base_models[key] = (base, tokenizer)
     network = diffusion_lm_from_causal_lm(base, config["num_layers"])
     del base
     load_deltas(network, deltas, config.get("lora"))

@@ -76,11 +76,13 @@ def check_drafter_spec(spec: str) -> None:
         resolve_model_folder(spec, other_names=(*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, "none"))
 
 
-def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str = "float32", verifier_model=None):
+def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str = "float32", verifier_model=None,
+                 base_models: dict | None = None):
     """(drafter, tokenizer or None); see :func:`_build_drafter`. With ``config.weights`` int8
     the drafter's own network (never the verifier's layers a DFlash drafter reads) computes
-    with int8 weights."""
-    drafter, tokenizer = _build_drafter(spec, config, dtype, verifier_model)
+    with int8 weights. ``base_models``: see :func:`load_diffusion_lm` (diffusion drafters
+    cut from the same base then share its weights)."""
+    drafter, tokenizer = _build_drafter(spec, config, dtype, verifier_model, base_models)
     if config.vocab is not None:
         if not isinstance(drafter, DiffusionDrafter):
             raise ValueError("--drafter-vocab applies to standalone diffusion drafters only")
@@ -92,7 +94,7 @@ def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str 
     return drafter, tokenizer
 
 
-def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model):
+def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model, base_models: dict | None):
     """(drafter, tokenizer or None).
 
     kind "auto": a saved diffusion drafter or a DFlash folder if ``spec`` names one, else an
@@ -112,7 +114,7 @@ def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model)
         return untrained_dflash(spec, verifier_model, num_layers or 1, config.block_size, dtype), None
     folder = diffusion_folder(spec)
     if folder is not None and kind in ("auto", "diffusion"):
-        network, tokenizer = load_diffusion_lm(folder, dtype)
+        network, tokenizer = load_diffusion_lm(folder, dtype, base_models)
         return DiffusionDrafter(network, steps=steps), tokenizer
     model, tokenizer = load_causal_lm(spec, dtype, other_names=(*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, "none"))
     if kind == "diffusion":
