@@ -23,6 +23,7 @@ from specdiff.drafters.dflash_files import save_dflash
 from specdiff.drafters.files import save_drafter
 from specdiff.models.loading import load_causal_lm
 from specdiff.models.prepare import prepare
+from specdiff.serving.supervisor import GRACE_S
 
 pytestmark = [
     pytest.mark.vllm,
@@ -152,6 +153,79 @@ def test_the_server_shuts_down_cleanly_on_sigterm(servers):
     assert "Traceback" not in log
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+
+
+def processes_serving(port: int) -> list[int]:
+    """Pids of running processes started with ``--port <port>`` (the vLLM server and the
+    specdiff serve parent)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--port" in args and str(port).encode() in args:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def stale_openmp_files() -> list[Path]:
+    """Intel OpenMP registration files whose process is gone."""
+    return [p for p in Path("/dev/shm").glob("__KMP_REGISTERED_LIB_*")
+            if not Path(f"/proc/{p.name.split('_')[-2]}").exists()]
+
+
+def stop_and_check(process: subprocess.Popen, port: int, log: Path, stale_before: set) -> float:
+    """SIGTERM ``process``; the seconds it took to exit, after checking what it left behind."""
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=GRACE_S + 30)
+    took = time.monotonic() - started
+    assert process.returncode == 0, log.read_text()[-2000:]
+    time.sleep(1)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+    assert processes_serving(port) == [], "a server process outlived specdiff serve"
+    assert set(stale_openmp_files()) <= stale_before, "OpenMP shared-memory files left behind"
+    return took
+
+
+def test_sigterm_with_requests_in_flight_ends_them_and_the_server_in_bounded_time(servers):
+    import threading
+
+    ports, started, folder = servers
+    process, port = started["diffusion"]
+    stale_before = set(stale_openmp_files())
+    outcomes: list[str] = []
+
+    def ask() -> None:
+        try:
+            client(port).chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=200)
+            outcomes.append("answered")
+        except Exception as error:  # noqa: BLE001 - a dropped request is an allowed outcome
+            outcomes.append(type(error).__name__)
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(4)  # all four in flight
+    took = stop_and_check(process, port, folder / "diffusion.log", stale_before)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "a client is still waiting"
+    assert len(outcomes) == 4
+    assert took < GRACE_S + 8, f"shutdown took {took:.1f} s"
+    print(f"in-flight SIGTERM: stopped in {took:.1f} s; requests: {outcomes}")
+
+
+def test_sigterm_while_loading_stops_the_server(servers, tmp_path):
+    _, _, folder = servers
+    stale_before = set(stale_openmp_files())
+    env = {**os.environ, "SPECDIFF_CACHE": str(folder / "cache")}
+    process, port = start_server("none", tmp_path / "loading.log", env)
+    time.sleep(8)  # vLLM is importing and loading, not yet listening
+    took = stop_and_check(process, port, tmp_path / "loading.log", stale_before)
+    assert took < GRACE_S + 8, f"shutdown took {took:.1f} s"
+    print(f"start-up SIGTERM: stopped in {took:.1f} s")
 
 
 def test_bench_runs_vllm_methods_checked_against_plain_vllm(servers, tmp_path):

@@ -1,10 +1,11 @@
 """``specdiff serve``: vLLM's OpenAI-compatible server with a specdiff drafter.
 
 Resolves named models to their prepared folders (building a shipped DFlash drafter in the
-model cache), refuses a drafter that does not fit the verifier, sets vLLM's CPU
-environment and then becomes ``vllm serve`` (the process is replaced, so signals such as
-SIGTERM reach vLLM directly and it shuts down as it normally does). ``--print-command``
-prints the equivalent plain vLLM command line instead.
+model cache), refuses a drafter that does not fit the verifier and bad flags, sets vLLM's
+CPU environment and then runs vLLM's API server as its child (``supervisor.py``): SIGTERM
+or Ctrl-C at any moment, while loading, idle or busy, stops it within ``--shutdown-grace``
+seconds plus a few, frees the port and leaves no process or shared-memory file behind.
+``--print-command`` prints the equivalent plain vLLM command line instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shlex
 import sys
 
 from specdiff.models.registry import DEFAULT_VERIFIER
+from specdiff.serving.supervisor import GRACE_S, supervise
 
 
 def register(commands) -> None:
@@ -35,6 +37,8 @@ def register(commands) -> None:
     serve.add_argument("--kv-cache-gib", type=float, default=None,
                        help="vLLM's CPU KV-cache space (VLLM_CPU_KVCACHE_SPACE; default: yours, else 4)")
     serve.add_argument("--dtype", default="float32", help="float32 on CPUs without native bf16")
+    serve.add_argument("--shutdown-grace", type=float, default=GRACE_S,
+                       help="seconds vLLM gets to stop on SIGTERM before its processes are killed")
     serve.add_argument("--print-command", action="store_true", help="print the vllm serve command and exit")
     serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: more `vllm serve` flags")
     serve.set_defaults(run=cmd_serve)
@@ -74,6 +78,8 @@ def check_flags(args) -> None:
                         ("--drafter-steps", args.drafter_steps)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not args.shutdown_grace >= 0:
+        raise ValueError(f"--shutdown-grace must be >= 0 seconds, got {args.shutdown_grace}")
     if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
         raise ValueError(f"--kv-cache-gib must be > 0, got {args.kv_cache_gib}")
 
@@ -101,5 +107,4 @@ def cmd_serve(args) -> int:
     import_vllm()  # a missing or broken vLLM is reported here, in one line
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, env)
-    return 0  # not reached
+    return supervise(argv, env, args.shutdown_grace)
