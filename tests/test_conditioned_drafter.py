@@ -13,7 +13,7 @@ from specdiff import DecodingConfig, SamplingConfig, Verifier, autoregressive_ge
 from specdiff.drafters.conditioned import ConditionedDrafter
 from specdiff.drafters.dflash_files import DrafterMismatchError, load_dflash, save_dflash
 from specdiff.drafters.dflash_network import DFlashNetwork, default_target_layer_ids, dflash_config
-from specdiff.drafters.loading import load_drafter
+from specdiff.drafters.loading import DrafterConfig, load_drafter
 
 PROMPTS = [[1, 2, 3, 4, 5], [7], [30, 2, 2, 2, 9, 14, 3, 3, 0, 1, 20]]
 LAYER_IDS = [0, 2]
@@ -113,7 +113,7 @@ def test_a_folder_in_the_published_layout_loads(verifier_model, tmp_path):
     config["rope_theta"] = config.pop("rope_parameters")["rope_theta"]
     config.pop("num_target_layers")
     (tmp_path / "config.json").write_text(json.dumps(config))
-    drafter, tokenizer = load_drafter(str(tmp_path), verifier_model=verifier_model)
+    drafter, tokenizer = load_drafter(str(tmp_path), DrafterConfig(weights="float32"), verifier_model=verifier_model)
     assert isinstance(drafter, ConditionedDrafter) and tokenizer is None
     reference = ConditionedDrafter(network, verifier_model)
     for d in (drafter, reference):

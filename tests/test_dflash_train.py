@@ -293,3 +293,9 @@ def test_ship_command_refuses_bad_input_before_writing(tiny_dflash_run, tiny_mod
     assert main([*common, "--out", str(tmp_path / "out")]) == 2
     assert "damaged weights" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and a_file.read_text() == "x"
+
+
+def test_target_layers_outside_the_verifier_are_refused_before_the_run_folder_exists(tiny_dflash_run, tmp_path):
+    with pytest.raises(ValueError, match="--target-layers 0,99 names layers outside"):
+        train_dflash(replace(tiny_dflash_run, target_layers="0,99"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

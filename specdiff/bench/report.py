@@ -62,7 +62,8 @@ def summarize(records: list[dict], reference: str = "ar") -> dict[str, dict[str,
         draft = sum(r["draft_seconds"] or 0 for r in rows)
         verify = sum(r["verify_seconds"] or 0 for r in rows)
         chosen = [c for r in rows for c in (r.get("candidates") or [])]
-        engine_rows = len(calls) == len(rows) and sum(calls)  # our engine's records: per-call data for all
+        engine_rows = len(calls) == len(rows) and sum(calls)  # per-call data for all (our engine; ar: one token each)
+        timed_calls = engine_rows and all(r.get("verify_seconds") is not None for r in rows)  # a draft / verify split
         summary[method][category] = {
             "prompts": len(rows),
             "tokens_per_s": tokens / seconds if seconds else 0.0,
@@ -72,7 +73,7 @@ def summarize(records: list[dict], reference: str = "ar") -> dict[str, dict[str,
             "speedup_vs_ar_engine": _mean_speedup(rows, by_prompt, PLAIN_ENGINE) if PLAIN_ENGINE in present else None,
             "tau": tokens / sum(calls) if engine_rows else None,
             "draft_share": draft / (draft + verify) if draft + verify else None,
-            "verify_seconds_per_call": verify / sum(calls) if engine_rows else None,
+            "verify_seconds_per_call": verify / sum(calls) if timed_calls else None,
             # self-selection: share of verifier calls whose accepted tokens came from a candidate other than the first
             "other_candidate_share": sum(c != 0 for c in chosen) / len(chosen) if engine_rows and chosen else None,
             "acceptance": acceptance_by_position(rows),

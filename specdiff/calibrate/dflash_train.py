@@ -290,6 +290,10 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
         print(f"train-dflash: {teacher.filtering}", file=sys.stderr)
     sequences, held = teacher.split(cfg.holdout_records)
     verifier_model.requires_grad_(False)
+    depth = verifier_model.config.num_hidden_layers
+    wanted = [int(x) for x in cfg.target_layers.split(",") if x.strip()]
+    if any(not 0 <= layer < depth for layer in wanted):  # before anything is written
+        raise ValueError(f"--target-layers {cfg.target_layers} names layers outside the verifier's 0..{depth - 1}")
     network = build_network(cfg, verifier_model, sequences.draw(step_rng(cfg.seed, -1, 0)).ids)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
