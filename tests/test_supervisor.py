@@ -75,3 +75,22 @@ def test_a_server_that_exits_by_itself_passes_on_its_status(tmp_path):
     assert not any(alive(pid) for pid in pids), "its engine process is taken down too"
     assert sorted(p.name for p in tmp_path.glob("__KMP_REGISTERED_LIB_*")) == []
     assert os.path.exists(tmp_path / "pids")
+
+
+def test_sigterm_before_the_server_starts_ends_the_command_at_once(tmp_path):
+    script = tmp_path / "server.py"
+    script.write_text(FAKE_SERVER)
+    command = (f"import sys, time; from pathlib import Path; from specdiff.serving.supervisor import Stopper, supervise; "
+               f"stopper = Stopper().install(); Path({str(tmp_path / 'ready')!r}).write_text('x'); "
+               f"time.sleep(30); sys.exit(supervise([sys.executable, {str(script)!r}, {str(tmp_path)!r}, 'x'], {{}}, "
+               f"stopper=stopper))")
+    process = subprocess.Popen([sys.executable, "-c", command])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ready").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    assert time.monotonic() - started < 3
+    assert not (tmp_path / "pids").exists(), "no server was started"

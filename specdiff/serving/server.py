@@ -17,7 +17,7 @@ import shlex
 import sys
 
 from specdiff.models.registry import DEFAULT_VERIFIER
-from specdiff.serving.supervisor import GRACE_S, supervise
+from specdiff.serving.supervisor import GRACE_S, Stopper, supervise
 
 
 def register(commands) -> None:
@@ -98,6 +98,7 @@ def check_port_free(host: str, port: int) -> None:
 def cmd_serve(args) -> int:
     from specdiff.serving.environment import import_vllm
 
+    stopper = Stopper().install()  # SIGTERM from here on: before vLLM starts, the command just ends
     argv, env = serve_command(args)
     if args.print_command:
         settings = {k: v for k, v in env.items() if os.environ.get(k) != v}
@@ -107,4 +108,4 @@ def cmd_serve(args) -> int:
     import_vllm()  # a missing or broken vLLM is reported here, in one line
     sys.stdout.flush()
     sys.stderr.flush()
-    return supervise(argv, env, args.shutdown_grace)
+    return supervise(argv, env, args.shutdown_grace, stopper=stopper)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 GRACE_S = 10.0  # what the server gets to stop by itself before its processes are killed
 POLL_S = 0.2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SHM = Path("/dev/shm")
 
 
@@ -50,38 +51,66 @@ def remove_openmp_files(pids: set[int], folder: Path = SHM) -> list[Path]:
     return removed
 
 
-def supervise(argv: list[str], env: dict[str, str], grace_s: float = GRACE_S, shm: Path = SHM) -> int:
-    """Run ``argv`` in a new session until it exits or this process is told to stop.
-    Returns the child's exit status, or 0 when it was stopped on request."""
-    stop_requested: list[float] = []
+class Stopper:
+    """SIGTERM and SIGINT handling for the whole life of ``specdiff serve``. Installed first
+    thing: a signal before the server exists ends the command at once (exit 0, nothing was
+    started); after, it asks the server to stop and starts the grace time."""
 
-    def request_stop(signum, frame) -> None:
-        if not stop_requested:
-            stop_requested.append(time.monotonic())
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.requested_at: float | None = None
+
+    def install(self) -> Stopper:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.child is None:
+            raise SystemExit(0)
+        if self.requested_at is None:
+            self.requested_at = time.monotonic()
             try:
-                os.kill(child.pid, signal.SIGTERM)  # the server's own shutdown first
+                os.kill(self.child.pid, signal.SIGTERM)  # the server's own shutdown first
             except ProcessLookupError:
                 pass
 
-    child = subprocess.Popen(argv, env=env, start_new_session=True)
+    def start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Start the child in a session of its own; a signal that arrives meanwhile is held
+        until ``self.child`` is set, so no child is ever left without its supervisor."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.child = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=_unblock_stop_signals)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        return self.child
+
+
+def _unblock_stop_signals() -> None:  # in the child, before it execs: vLLM must see SIGTERM
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def supervise(argv: list[str], env: dict[str, str], grace_s: float = GRACE_S, shm: Path = SHM,
+              stopper: Stopper | None = None) -> int:
+    """Run ``argv`` until it exits or this process is told to stop (``stopper``, installed
+    here if not given). Returns the child's exit status, or 0 when it was stopped on request."""
+    stopper = stopper or Stopper().install()
+    child = stopper.start(argv, env)
     seen = {child.pid}
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while child.poll() is None:
             seen |= group_members(child.pid)
-            if stop_requested and time.monotonic() - stop_requested[0] > grace_s:
+            if stopper.requested_at is not None and time.monotonic() - stopper.requested_at > grace_s:
                 _kill_group(child.pid)
             time.sleep(POLL_S)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         seen |= group_members(child.pid)
         _kill_group(child.pid)  # engine processes the server left behind
         deadline = time.monotonic() + 5
         while group_members(child.pid) and time.monotonic() < deadline:
             time.sleep(POLL_S)
         remove_openmp_files(seen, shm)
-    return 0 if stop_requested else child.returncode
+    return 0 if stopper.requested_at is not None else child.returncode
 
 
 def _kill_group(group: int) -> None:
