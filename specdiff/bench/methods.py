@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -66,8 +67,10 @@ class HFGenerateMethod:
         if self.temperature > 0:
             sampling = dict(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
             torch.manual_seed(self.seed)  # generate() draws from the global generator; it takes no other
-        assistant = self.kwargs.get("assistant_model")
-        with kernel_plan(self.model, PLAIN), kernel_plan(assistant or torch.nn.Module(), PLAIN):
+        models = [self.model, *([self.kwargs["assistant_model"]] if "assistant_model" in self.kwargs else [])]
+        with contextlib.ExitStack() as plain_kernels:
+            for model in models:
+                plain_kernels.enter_context(kernel_plan(model, PLAIN))
             started = time.perf_counter()
             output = self.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
                                          max_new_tokens=max_new_tokens, eos_token_id=self.eos,

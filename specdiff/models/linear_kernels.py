@@ -9,7 +9,7 @@ was about 2x faster at 2-16 rows, on a 2-core Xeon with AVX-512 oneDNN's inner-p
 kernel on the unchanged fp32 weight was 1.3-1.5x faster at 2-33 rows while the transposed
 product was slower (README, "Verification cost"), and the winner changes with the row count
 and the weight's shape. So the choice is measured once per machine and weight shape
-(:func:`machine_kernel_plan`, about 2 s per shape, cached in specdiff's cache folder;
+(:func:`machine_kernel_plan`, about 10 s per shape, cached in specdiff's cache folder;
 :func:`plan_kernels` does it for every shape of a model at load) and stored as a
 :class:`KernelPlan`.
 
@@ -251,7 +251,7 @@ PLAN_MAX_WEIGHTS = 64  # for small shapes: enough calls to time, few enough to b
 @functools.cache
 def machine_kernel_plan(out_features: int, in_features: int) -> KernelPlan:
     """This machine's plan for [out_features, in_features] fp32 weights: read from
-    ``kernel_plans.json`` in specdiff's cache folder, else measured (about 2 s, once) and
+    ``kernel_plans.json`` in specdiff's cache folder, else measured (about 10 s, once) and
     stored there. ``SPECDIFF_KERNELS=plain`` uses transformers' kernels everywhere."""
     if os.environ.get("SPECDIFF_KERNELS", "").lower() == "plain":
         return PLAIN
