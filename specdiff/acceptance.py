@@ -28,11 +28,14 @@ class Acceptance:
     next_token: int  # the verifier's own token after them (correction or bonus)
 
 
-def greedy_accept(draft_tokens: Tensor, target_logits: Tensor) -> Acceptance:
-    """draft_tokens [K, gamma]; target_logits [K, gamma + 1, vocab] (row k scores draft k)."""
+def greedy_accept(draft_tokens: Tensor, target_logits: Tensor, lengths: Tensor | None = None) -> Acceptance:
+    """draft_tokens [K, gamma]; target_logits [K, gamma + 1, vocab] (row k scores draft k);
+    lengths [K] (optional): row k holds only its first lengths[k] tokens (ragged rows)."""
     gamma = draft_tokens.shape[1]
     target_tokens = target_logits.argmax(-1)  # [K, gamma + 1]
     matches = (draft_tokens == target_tokens[:, :gamma]).long()
+    if lengths is not None:
+        matches = matches * (torch.arange(gamma)[None] < lengths[:, None])
     accepted_lengths = matches.cumprod(-1).sum(-1)  # [K]
     candidate = int(accepted_lengths.argmax())
     num_accepted = int(accepted_lengths[candidate])
@@ -53,6 +56,7 @@ def rejection_accept(
     draft_probs: Tensor,
     target_probs: Tensor,
     generator: torch.Generator | None,
+    lengths: Tensor | None = None,
 ) -> Acceptance:
     """Multi-draft recursive rejection sampling.
 
@@ -65,13 +69,23 @@ def rejection_accept(
     p <- norm(max(p - q_c, 0)) and the next candidate is tried. If all are rejected the
     next token is sampled from the residual p. If all gamma are accepted, a bonus token
     is sampled from the verifier's distribution after the draft.
+
+    lengths [K] (optional): row k holds only its first lengths[k] tokens. A row that ends is
+    no longer tried; when every row sharing the accepted prefix has ended, the bonus token
+    is sampled there. Exact when a row's length depends only on what is known before its
+    tokens are drawn (the committed tokens, the distributions, its own tokens to the left),
+    never on another row's sampled tokens.
     """
     num_drafts, gamma = draft_tokens.shape
+    row_lengths = [gamma] * num_drafts if lengths is None else lengths.tolist()
     alive = list(range(num_drafts))
     for depth in range(gamma):
         target = target_probs[alive[0], depth]
+        continuing = [c for c in alive if row_lengths[c] > depth]
+        if not continuing:  # every row on the accepted prefix ends here: a bonus token
+            return Acceptance(alive[0], depth, int(torch.multinomial(target, 1, generator=generator)))
         accepted_token = None
-        for candidate in alive:
+        for candidate in continuing:
             token = int(draft_tokens[candidate, depth])
             draft = draft_probs[candidate, depth]
             ratio = target[token] / draft[token].clamp_min(1e-30)
@@ -82,6 +96,6 @@ def rejection_accept(
         if accepted_token is None:
             next_token = int(torch.multinomial(target, 1, generator=generator))
             return Acceptance(alive[0], depth, next_token)
-        alive = [c for c in alive if int(draft_tokens[c, depth]) == accepted_token]
+        alive = [c for c in continuing if int(draft_tokens[c, depth]) == accepted_token]
     bonus = int(torch.multinomial(target_probs[alive[0], gamma], 1, generator=generator))
     return Acceptance(alive[0], gamma, bonus)

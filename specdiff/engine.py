@@ -3,6 +3,7 @@ speculative and plain autoregressive, all share ``stream_generate``."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from specdiff.acceptance import greedy_accept, rejection_accept
-from specdiff.drafters.base import Accepted, Drafter
+from specdiff.drafters.base import Accepted, Draft, Drafter
 from specdiff.prompting import truncate_at_eos
 from specdiff.sampling import SamplingConfig, logits_to_probs
 from specdiff.verifier import Verifier
@@ -66,12 +67,15 @@ class DecodingConfig:
 
 @dataclass(frozen=True)
 class StepRecord:
-    drafted: int  # draft tokens proposed per candidate (0 for a plain verifier step)
+    drafted: int  # draft tokens proposed per candidate (the longest row; 0 for a plain verifier step)
     accepted: int  # draft tokens accepted
     candidate: int  # which of the K candidates they came from
     new_tokens: list[int]  # tokens committed this step (accepted + the verifier's own)
     draft_seconds: float
     verify_seconds: float
+    nodes: int = 1  # tokens in the verification pass (the trie's nodes, the root included)
+    source: str = ""  # where the chosen candidate came from ("" for a plain step)
+    plan: dict | None = None  # a tree policy's choice and estimates, when the drafter has one
 
 
 @dataclass
@@ -145,21 +149,24 @@ def stream_generate(
         started = time.perf_counter()
         # Never draft past max_new_tokens: the verifier adds one token of its own.
         gamma = 0 if drafter is None else min(config.gamma, config.max_new_tokens - produced - 1)
+        draft = Draft(torch.zeros(1, 0, dtype=torch.long), None)
         if gamma > 0:
-            draft = drafter.draft(gamma, config.drafting, config.num_drafts, generator,
-                                  greedy_first=config.greedy_first_draft)
-            draft_tokens, draft_probs = draft.tokens, draft.draft_probs
-        else:
-            draft_tokens, draft_probs = torch.zeros(1, 0, dtype=torch.long), None
+            draft = cut_draft(drafter.draft(gamma, config.drafting, config.num_drafts, generator,
+                                            greedy_first=config.greedy_first_draft),
+                              config.max_new_tokens - produced - 1)
+        draft_tokens, lengths = draft.tokens, draft.lengths
         drafted = time.perf_counter()
 
         roots = torch.full((draft_tokens.shape[0], 1), last_token, dtype=torch.long)
-        scored = verifier.score(torch.cat([roots, draft_tokens], dim=1), feature_layers)  # logits [K, 1 + gamma, vocab]
+        scored = verifier.score(torch.cat([roots, draft_tokens], dim=1), feature_layers, lengths)  # [K, 1 + gamma, vocab]
         if config.sampling.greedy:
-            acceptance = greedy_accept(draft_tokens, scored.logits)
+            acceptance = greedy_accept(draft_tokens, scored.logits, lengths)
         else:
+            draft_probs = draft.draft_probs  # None: every row deterministic, drawn from a one-hot distribution
+            if draft_probs is None:
+                draft_probs = torch.nn.functional.one_hot(draft_tokens, verifier.vocab_size).float()
             target_probs = logits_to_probs(scored.logits, config.sampling)
-            acceptance = rejection_accept(draft_tokens, draft_probs, target_probs, generator)
+            acceptance = rejection_accept(draft_tokens, draft_probs, target_probs, generator, lengths)
         committed = verifier.commit(scored, acceptance.candidate, acceptance.num_accepted)
         verified = time.perf_counter()
 
@@ -168,12 +175,24 @@ def stream_generate(
         new_tokens, ended = truncate_at_eos(new_tokens, eos_token_ids)
         produced += len(new_tokens)
         last_token = new_tokens[-1]
-        yield StepRecord(gamma, acceptance.num_accepted, acceptance.candidate, new_tokens,
-                         drafted - started, verified - drafted)
+        source = "" if not acceptance.num_accepted else draft.sources[acceptance.candidate] if draft.sources else "drafter"
+        yield StepRecord(draft_tokens.shape[1], acceptance.num_accepted, acceptance.candidate, new_tokens,
+                         drafted - started, verified - drafted, len(scored.trie.tokens), source, draft.plan)
         if ended:
             return
         if drafter is not None and produced < config.max_new_tokens:
-            drafter.update(Accepted(new_tokens, acceptance.candidate, acceptance.num_accepted, committed.features))
+            drafter.update(Accepted(new_tokens, acceptance.candidate, acceptance.num_accepted, committed.features,
+                                    verify_seconds=verified - drafted))
+
+
+def cut_draft(draft: Draft, room: int) -> Draft:
+    """The draft with no row longer than ``room`` tokens (the verifier adds one of its own,
+    and never past max_new_tokens)."""
+    if draft.tokens.shape[1] <= room:
+        return draft
+    probs = draft.draft_probs[:, :room] if draft.draft_probs is not None else None
+    lengths = draft.lengths.clamp_max(room) if draft.lengths is not None else None
+    return dataclasses.replace(draft, tokens=draft.tokens[:, :room], draft_probs=probs, lengths=lengths)
 
 
 def generate(

@@ -115,3 +115,10 @@ def drafts_from_marginals(
     if greedy_first:
         tokens, probs = make_first_candidate_greedy(tokens, probs, logits)
     return tokens, probs
+
+
+def slot_confidence(logits: Tensor) -> Tensor:
+    """[..., vocab] logits -> [...]: the largest probability at temperature 1. It describes
+    the distribution, not a token drawn from it, so policies may read it without biasing
+    rejection sampling."""
+    return torch.softmax(logits.float(), dim=-1).amax(-1)

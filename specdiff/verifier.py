@@ -36,16 +36,22 @@ class DraftTrie:
         return int(self.depths[-1]) == len(self.depths) - 1
 
 
-def build_trie(candidates: Tensor) -> DraftTrie:
+def build_trie(candidates: Tensor, lengths: Tensor | None = None) -> DraftTrie:
     """Merge candidate rows [K, 1 + gamma] (equal in column 0) into a trie, nodes in
-    breadth-first order so that parents precede children."""
+    breadth-first order so that parents precede children. ``lengths`` [K] (optional): row k
+    holds only its first lengths[k] draft tokens (ragged rows); past its end ``node_of``
+    repeats the row's last node."""
     num_drafts, width = candidates.shape
     rows = candidates.tolist()
+    row_lengths = [width - 1] * num_drafts if lengths is None else lengths.tolist()
     index: dict[tuple[int, int], int] = {}
     tokens, parents, depths = [rows[0][0]], [-1], [0]
     node_of = [[0] * width for _ in range(num_drafts)]
     for depth in range(1, width):
         for row in range(num_drafts):
+            if depth > row_lengths[row]:
+                node_of[row][depth] = node_of[row][depth - 1]
+                continue
             key = (node_of[row][depth - 1], rows[row][depth])
             if key not in index:
                 index[key] = len(tokens)
@@ -138,9 +144,11 @@ class Verifier:
         return features[0] if features else None
 
     @torch.inference_mode()
-    def score(self, candidates: Tensor, feature_layers: Sequence[int] = ()) -> ScoredDrafts:
-        """candidates [K, 1 + gamma] (column 0: the last committed token) in one pass."""
-        trie = build_trie(candidates)
+    def score(self, candidates: Tensor, feature_layers: Sequence[int] = (),
+              lengths: Tensor | None = None) -> ScoredDrafts:
+        """candidates [K, 1 + gamma] (column 0: the last committed token) in one pass;
+        ``lengths`` [K]: draft tokens in each row when rows are ragged (see ``build_trie``)."""
+        trie = build_trie(candidates, lengths)
         past = self.cached_length
         num_nodes = len(trie.tokens)
         positions = (past + trie.depths)[None]

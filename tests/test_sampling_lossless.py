@@ -106,7 +106,7 @@ def test_conditioned_drafter_sampling_matches_verifier(verifier, exact, name, dr
 
 
 def test_always_accept_rule_fails_the_check(verifier, draft_base, exact, monkeypatch):
-    def always_accept(draft_tokens, draft_probs, target_probs, generator):
+    def always_accept(draft_tokens, draft_probs, target_probs, generator, lengths=None):
         gamma = draft_tokens.shape[1]
         bonus = int(torch.multinomial(target_probs[0, gamma], 1, generator=generator))
         return Acceptance(0, gamma, bonus)
@@ -156,7 +156,7 @@ def test_best_draft_then_single_draft_rejection_fails_the_check(verifier, draft_
     then run single-draft rejection sampling on it. Not lossless, and the check sees it."""
     from specdiff.acceptance import rejection_accept
 
-    def pick_best_then_single(draft_tokens, draft_probs, target_probs, generator):
+    def pick_best_then_single(draft_tokens, draft_probs, target_probs, generator, lengths=None):
         gamma = draft_tokens.shape[1]
         if gamma == 0:  # a plain verifier step at the end of generation
             return rejection_accept(draft_tokens, draft_probs, target_probs, generator)
@@ -173,3 +173,82 @@ def test_best_draft_then_single_draft_rejection_fails_the_check(verifier, draft_
     tv = total_variation(exact, sample_sequences(verifier, drafter, config))
     print(f"negative control (best-of-K then single-draft rejection): TV {tv:.4f} (bound {TV_BOUND})")
     assert tv > TV_BOUND, f"negative control passed the check: TV {tv:.3f}"
+
+
+def mixed_source_drafter(verifier, draft_base, sources: str):
+    """A tree of lookup, suffix-index and sampled diffusion rows; a flat verify cost makes the
+    policy admit as many nodes as it can, so every kind of row is verified together."""
+    from specdiff.tree.build import build_tree_drafter
+    from specdiff.tree.config import TreeConfig
+    from specdiff.tree.costs import VerifyCosts
+
+    drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(draft_base))
+    config = TreeConfig(sources=sources, max_depth=3, max_nodes=8, max_branches=3)
+    return build_tree_drafter(config, verifier, drafter, costs=VerifyCosts({1: 1.0, 16: 1.0}))
+
+
+def sources_verified_together(verifier, tree, config) -> set[str]:
+    """The sources of the rows verified in the same pass, over 100 seeded runs."""
+    seen = set()
+    for seed in range(100):
+        run = dataclasses.replace(config, max_new_tokens=MAX_NEW, seed=seed)
+        for step in engine.stream_generate(torch.tensor([PROMPT]), verifier, tree, run, {EOS}):
+            rows = {branch["source"] for branch in (step.plan or {}).get("branches", [])}
+            if len(rows) > 1:
+                seen |= rows
+    return seen
+
+
+@pytest.mark.parametrize("sources, num_drafts, draft_temperature", [
+    ("lookup,suffix,diffusion", 2, 1.5),
+    ("lookup,diffusion", 1, None),
+    ("lookup,suffix", 1, None),
+])
+def test_mixed_source_tree_sampling_matches_verifier(verifier, draft_base, exact, sources, num_drafts,
+                                                     draft_temperature):
+    tree = mixed_source_drafter(verifier, draft_base, sources)
+    draft_sampling = SamplingConfig(temperature=draft_temperature) if draft_temperature else None
+    config = DecodingConfig(gamma=2, num_drafts=num_drafts, sampling=SAMPLING, draft_sampling=draft_sampling)
+    assert sources_verified_together(verifier, tree, config) == set(sources.split(","))
+    tv = total_variation(exact, sample_sequences(verifier, tree, config))
+    print(f"tree of {sources}: TV {tv:.4f} (bound {TV_BOUND})")
+    assert tv < TV_BOUND, f"{sources}: TV {tv:.3f} >= {TV_BOUND}"
+
+
+class FixedRowDrafter:
+    """A sampled diffusion draft plus a deterministic row (a datastore continuation that is
+    always ``row``), tried first. With ``only_if_it_agrees`` the row is admitted only when its
+    first token equals the sampled draft's, so whether it exists depends on another row's
+    sampled token: broken on purpose. Admitted always, it is an honest mixed tree."""
+
+    feature_layers = ()
+
+    def __init__(self, diffusion, row: list[int], only_if_it_agrees: bool):
+        self.diffusion, self.vocab_size = diffusion, diffusion.vocab_size
+        self.row, self.only_if_it_agrees = row, only_if_it_agrees
+
+    def start(self, prompt, features=None):
+        self.diffusion.start(prompt, features)
+
+    def update(self, accepted):
+        self.diffusion.update(accepted)
+
+    def draft(self, gamma, sampling, num_drafts=1, generator=None, greedy_first=False):
+        sampled = self.diffusion.draft(gamma, sampling, 1, generator)
+        fixed = torch.tensor(self.row[:gamma])
+        if self.only_if_it_agrees and int(fixed[0]) != int(sampled.tokens[0, 0]):
+            return sampled
+        tokens = torch.stack([torch.nn.functional.pad(fixed, (0, gamma - len(fixed))), sampled.tokens[0]])
+        probs = torch.cat([torch.nn.functional.one_hot(tokens[:1], self.vocab_size).float(), sampled.draft_probs])
+        return Draft(tokens, probs, lengths=torch.tensor([len(fixed), gamma]), sources=("suffix", "diffusion"))
+
+
+@pytest.mark.parametrize("only_if_it_agrees", [False, True])
+def test_a_row_admitted_only_when_it_agrees_fails_the_check(verifier, draft_base, exact, only_if_it_agrees):
+    drafter = FixedRowDrafter(DiffusionDrafter(diffusion_lm_from_causal_lm(draft_base)), [1, 1], only_if_it_agrees)
+    tv = total_variation(exact, sample_sequences(verifier, drafter, DecodingConfig(gamma=2, sampling=SAMPLING)))
+    print(f"fixed row admitted {'only when it agrees' if only_if_it_agrees else 'always'}: TV {tv:.4f}")
+    if only_if_it_agrees:  # the negative control
+        assert tv > TV_BOUND, f"negative control passed the check: TV {tv:.3f}"
+    else:
+        assert tv < TV_BOUND, f"an honest mixed tree failed the check: TV {tv:.3f}"

@@ -13,8 +13,19 @@ from specdiff.sampling import SamplingConfig
 
 @dataclass(frozen=True)
 class Draft:
+    """Candidate rows after the committed sequence. Rows may be ragged (a tree of drafts from
+    several sources): ``lengths[k]`` tokens of row k count, the rest is padding. ``draft_probs``
+    may be None when every row is deterministic (its tokens follow from the committed ones
+    alone), which only greedy verification may use; ``sources`` names where each row came
+    from; ``plan`` is what a tree policy chose and why (JSON-ready), for records."""
+
     tokens: Tensor  # [num_drafts, gamma] int64
-    draft_probs: Tensor  # [num_drafts, gamma, vocab]: the distributions the tokens were drawn from
+    draft_probs: Tensor | None  # [num_drafts, gamma, vocab]: the distributions the tokens were drawn from
+    lengths: Tensor | None = None  # [num_drafts] int64; None: every row holds gamma tokens
+    sources: tuple[str, ...] | None = None  # [num_drafts]
+    plan: dict | None = None
+    confidence: Tensor | None = None  # [gamma]: the largest probability of each slot's distribution (temperature 1);
+    # a signal for tree policies only, never used for acceptance
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,7 @@ class Accepted:
     candidate: int
     num_accepted: int
     features: Tensor | None = None
+    verify_seconds: float | None = None  # what the verification pass of this step cost
 
 
 class Drafter(Protocol):

@@ -19,7 +19,7 @@ from torch import Tensor
 from specdiff.drafters.base import Accepted, Draft
 from specdiff.drafters.dflash_network import ContextKV, DFlashNetwork
 from specdiff.models.linear_kernels import use_fast_linear
-from specdiff.sampling import SamplingConfig, drafts_from_marginals
+from specdiff.sampling import SamplingConfig, drafts_from_marginals, slot_confidence
 
 
 class ConditionedDrafter:
@@ -98,5 +98,6 @@ class ConditionedDrafter:
         generator: torch.Generator | None = None,
         greedy_first: bool = False,
     ) -> Draft:
-        tokens, probs = drafts_from_marginals(self.slot_logits(gamma), sampling, generator, num_drafts, greedy_first)
-        return Draft(tokens=tokens, draft_probs=probs)
+        logits = self.slot_logits(gamma)
+        tokens, probs = drafts_from_marginals(logits, sampling, generator, num_drafts, greedy_first)
+        return Draft(tokens=tokens, draft_probs=probs, confidence=slot_confidence(logits))

@@ -25,7 +25,13 @@ from torch import Tensor
 
 from specdiff.drafters.base import Accepted, Draft
 from specdiff.drafters.diffusion_network import DiffusionLM, KVCache
-from specdiff.sampling import SamplingConfig, choose_tokens, drafts_from_marginals, make_first_candidate_greedy
+from specdiff.sampling import (
+    SamplingConfig,
+    choose_tokens,
+    drafts_from_marginals,
+    make_first_candidate_greedy,
+    slot_confidence,
+)
 
 
 def chunk_bounds(gamma: int, steps: int) -> list[tuple[int, int]]:
@@ -124,7 +130,7 @@ class DiffusionDrafter:
         first_logits = self._slot_logits(hidden[0, :first_end])  # [chunk, vocab], shared by all K drafts
         chunk_tokens, chunk_probs = drafts_from_marginals(first_logits, sampling, generator, num_drafts, greedy_first)
         if len(bounds) == 1:  # one pass: every draft shares the marginals
-            return Draft(tokens=chunk_tokens, draft_probs=chunk_probs)
+            return Draft(tokens=chunk_tokens, draft_probs=chunk_probs, confidence=slot_confidence(first_logits))
 
         draft_tokens = torch.zeros(num_drafts, gamma, dtype=torch.long)
         draft_probs = torch.zeros(num_drafts, gamma, self.vocab_size)

@@ -1,0 +1,45 @@
+"""Assemble a ``TreeDrafter`` from a ``TreeConfig``: the sources it names, the datastore, and
+the verify-cost table measured on this machine."""
+
+from __future__ import annotations
+
+import sys
+
+from specdiff.tree.config import TreeConfig
+from specdiff.tree.costs import VerifyCosts, measure_verify_costs
+from specdiff.tree.datastore import datastore_files, index_datastore
+from specdiff.tree.drafter import TreeDrafter
+from specdiff.tree.sources import LookupSource, ModelSource
+from specdiff.tree.suffix_index import SuffixIndex
+
+
+def check_tree_config(config: TreeConfig) -> None:
+    """What can be checked before any model loads: the datastore exists and holds files."""
+    if config.datastore:
+        datastore_files(config.datastore)
+
+
+def build_tree_drafter(config: TreeConfig, verifier, drafter, tokenizer=None,
+                       costs: VerifyCosts | None = None) -> TreeDrafter:
+    """``drafter`` (or None) becomes the model source when ``config`` names 'diffusion';
+    ``costs`` None measures them now (a few seconds)."""
+    names = config.source_names
+    if "diffusion" in names and drafter is None:
+        raise ValueError("--sources names 'diffusion' but no drafter was given (--drafter)")
+    lookups = []
+    if "lookup" in names:
+        lookups.append(LookupSource("lookup", config.min_ngram, config.max_ngram, config.max_branches))
+    outputs = None
+    if "suffix" in names:
+        outputs = SuffixIndex(config.max_ngram)
+        if config.datastore:
+            if tokenizer is None:
+                raise ValueError("indexing --datastore needs the verifier's tokenizer")
+            index_datastore(config.datastore, tokenizer, outputs)
+        lookups.append(LookupSource("suffix", config.min_ngram, config.max_ngram, config.max_branches, index=outputs))
+    if costs is None:
+        costs = measure_verify_costs(verifier, verifier.vocab_size)
+        print("verify cost (tokens: ms): " + ", ".join(f"{n}: {s * 1000:.0f}" for n, s in costs.table.items()),
+              file=sys.stderr)
+    model = ModelSource(drafter) if "diffusion" in names else None
+    return TreeDrafter(verifier.vocab_size, lookups, model, costs, config, outputs)
