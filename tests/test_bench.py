@@ -58,19 +58,21 @@ def test_bench_runs_all_methods_and_checks_equality(tiny_model_dir, tmp_path, ca
     save_drafter(drafter, {"mask_embedding": torch.zeros(32)}, {"base": str(tiny_model_dir), "num_layers": 2})
     out = tmp_path / "bench"
     args = ["bench", "--dataset", "jsonl", "--data-path", str(prompts), "--verifier", str(tiny_model_dir),
-            "--assistant", str(tiny_model_dir), "--specdiff-drafter", str(drafter), "--specdiff2-drafter", str(drafter),
+            "--assistant", str(tiny_model_dir), "--specdiff-v1-drafter", str(drafter), "--specdiff2-drafter", str(drafter),
             "--num-drafts", "3", "--gamma", "4", "--max-new-tokens", "12", "--out", str(out)]
     assert main(args) == 0, capsys.readouterr().err
     report = capsys.readouterr().out
     assert "equals ar's token for token" in report
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 3 * 7
+    assert len(records) == 3 * 8
     assert {r["method"] for r in records} == {"ar", "ar-engine", "hf-assisted", "prompt-lookup", "sd-ar", "specdiff",
-                                              "specdiff2"}
+                                              "specdiff-v1", "specdiff2"}
+    tree = [r for r in records if r["method"] == "specdiff"]
+    assert all(len(r["plans"]) == len(r["accepted_lengths"]) == len(r["sources"]) == len(r["nodes"]) for r in tree)
     assert (out / "speedup.png").is_file() and (out / "acceptance.png").is_file()
     # a rerun skips finished records
     assert main(args) == 0
-    assert len((out / "records.jsonl").read_text().splitlines()) == 21
+    assert len((out / "records.jsonl").read_text().splitlines()) == 24
 
 
 def test_bench_reports_a_mismatch_and_fails(tiny_model_dir, tmp_path, capsys):

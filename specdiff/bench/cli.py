@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from specdiff.config_args import add_dataclass_args, dataclass_from_args
+from specdiff.tree.config import add_tree_args, tree_config_from_args
 
 
 def cmd_bench(args) -> int:
@@ -17,7 +18,8 @@ def cmd_bench(args) -> int:
     for key, value in overrides.items():  # a preset sets defaults; explicit flags still win
         if getattr(args, key) == args.parser_defaults[key]:
             setattr(args, key, value)
-    config = dataclass_from_args(BenchConfig, args, settings=dataclass_from_args(MethodSettings, args))
+    config = dataclass_from_args(BenchConfig, args, settings=dataclass_from_args(MethodSettings, args,
+                                                                                    tree=tree_config_from_args(args)))
     if any(name.startswith("vllm") for name in config.methods.split(",")):
         from specdiff.serving.environment import restart_with_vllm_environment
 
@@ -64,6 +66,7 @@ def register(commands) -> None:
     bench.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="quick: 3 HumanEval prompts x 64 tokens, about 9 minutes on a 2-core CPU (models prepared)")
     add_dataclass_args(bench, BenchConfig, skip=("settings",))
-    add_dataclass_args(bench, MethodSettings)
+    add_dataclass_args(bench, MethodSettings, skip=("tree",))
+    add_tree_args(bench)
     bench.set_defaults(run=cmd_bench, parser_defaults={k: bench.get_default(k) for k in ("dataset", "limit",
                                                                                            "max_new_tokens")})

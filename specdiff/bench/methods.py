@@ -7,8 +7,11 @@
 - ``hf-assisted``: transformers' assisted generation with the 0.5B as assistant.
 - ``prompt-lookup``: transformers' prompt lookup decoding.
 - ``sd-ar``: our engine with the 0.5B autoregressive drafter.
-- ``specdiff``: our engine with a diffusion drafter adapted but not aligned (SpecDiff v1).
-- ``specdiff2``: the aligned diffusion drafter plus self-selection (K drafts);
+- ``specdiff``: the default decoding path: one verified tree of context-lookup, suffix-index
+  (earlier outputs) and aligned-diffusion drafts, sized each step by the cost model
+  (``specdiff/tree``).
+- ``specdiff-v1``: our engine with a diffusion drafter adapted but not aligned (SpecDiff v1).
+- ``specdiff2``: the aligned diffusion drafter alone plus self-selection (K drafts);
   ``specdiff2-kN`` is the same with K = N and ``specdiff2-kN-gG`` also with gamma = G,
   for sweeps over K and gamma in one run; a ``-int8`` / ``-fp32`` suffix sets the drafter's
   weights (default: ``DrafterConfig.weights``).
@@ -35,9 +38,10 @@ from specdiff.models.linear_kernels import PLAIN, kernel_plan
 from specdiff.models.registry import DEFAULT_VERIFIER
 from specdiff.prompting import truncate_at_eos
 from specdiff.sampling import SamplingConfig
+from specdiff.tree.config import TreeConfig
 from specdiff.verifier import Verifier
 
-METHODS = ("ar", "ar-engine", "hf-assisted", "prompt-lookup", "sd-ar", "specdiff", "specdiff2", "dflash")
+METHODS = ("ar", "ar-engine", "hf-assisted", "prompt-lookup", "sd-ar", "specdiff", "specdiff-v1", "specdiff2", "dflash")
 
 
 @dataclass
@@ -50,6 +54,10 @@ class MethodOutput:
     verify_seconds: float | None = None
     candidates: list[int] = field(default_factory=list)
     spec_counts: dict | None = None  # vLLM methods: {"drafts", "accepted_per_position"} from vLLM's counters
+    step_verify_seconds: list[float] | None = None  # per verifier call
+    nodes: list[int] | None = None  # tokens scored per verifier call (tree nodes, the root included)
+    sources: list[str] | None = None  # per verifier call: where its accepted draft tokens came from ("" none)
+    plans: list[dict | None] | None = None  # per verifier call: the tree policy's choice and estimates
 
 
 class HFGenerateMethod:
@@ -98,6 +106,10 @@ class EngineMethod:
             draft_seconds=sum(s.draft_seconds for s in result.steps),
             verify_seconds=sum(s.verify_seconds for s in result.steps),
             candidates=[s.candidate for s in result.steps],
+            step_verify_seconds=[round(s.verify_seconds, 5) for s in result.steps],
+            nodes=[s.nodes for s in result.steps],
+            sources=[s.source for s in result.steps],
+            plans=[s.plan for s in result.steps] if any(s.plan for s in result.steps) else None,
         )
 
 
@@ -112,10 +124,11 @@ class MethodSettings:
     seed: int = 0  # sampling seed, the same for every method and prompt
     prompt_lookup_tokens: int = 10
     assistant: str = "qwen2.5-coder-0.5b-instruct"
-    specdiff_drafter: str = "specdiff-qwen2.5-coder-1.5b-adapted"  # adapted, not aligned
+    specdiff_v1_drafter: str = "specdiff-qwen2.5-coder-1.5b-adapted"  # adapted, not aligned
     specdiff2_drafter: str = "specdiff-qwen2.5-coder-1.5b"
     dflash_drafter: str = "specdiff-dflash-qwen2.5-coder-1.5b"  # a DFlash-layout drafter (folder or shipped name)
     gamma_dflash: int = 8  # draft length of the DFlash drafter
+    tree: TreeConfig = field(default_factory=TreeConfig)  # the sources and limits of the specdiff method
 
     def __post_init__(self) -> None:
         for flag, value in (("--temperature", self.temperature), ("--draft-temperature", self.draft_temperature)):
@@ -156,6 +169,8 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
     """The requested methods that can run here, and a reason for each that cannot."""
     from specdiff.drafters import AutoregressiveDrafter
     from specdiff.drafters.loading import DrafterConfig, load_drafter
+    from specdiff.tree.build import build_tree_drafter
+    from specdiff.tree.costs import measure_verify_costs
 
     check_method_names(names)
     from specdiff.models.loading import check_same_tokenizer, load_causal_lm
@@ -173,6 +188,7 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
     assistant = None
     drafters: dict = {}  # one network per drafter spec, shared by the methods that use it
     base_models: dict = {}  # one copy of each base model (the 0.5B), shared by the assistant and the drafters
+    costs = None  # the verifier's cost table, measured once for the tree methods
     for name in names:
         k_suffix = SWEEP_METHOD.fullmatch(name)  # specdiff2 with explicit K (and gamma)
         try:
@@ -197,8 +213,8 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
                                             engine_config(gamma=settings.gamma_ar), eos))
             else:
                 family = k_suffix.group(1) if k_suffix else name
-                spec = {"specdiff": settings.specdiff_drafter, "specdiff2": settings.specdiff2_drafter,
-                        "dflash": settings.dflash_drafter}[family]
+                spec = {"specdiff": settings.specdiff2_drafter, "specdiff-v1": settings.specdiff_v1_drafter,
+                        "specdiff2": settings.specdiff2_drafter, "dflash": settings.dflash_drafter}[family]
                 if not spec:
                     raise FileNotFoundError(f"no drafter given for {name} (--{family}-drafter PATH)")
                 suffix = k_suffix.group(4) if k_suffix else None
@@ -214,6 +230,10 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
                 gamma = int(k_suffix.group(3)) if k_suffix and k_suffix.group(3) else default_gamma
                 config = engine_config(gamma=gamma, num_drafts=num_drafts, draft_sampling=draft_sampling,
                                        argmax_candidate=settings.argmax_candidate)
+                if name == "specdiff" and settings.tree.uses_tree:
+                    if costs is None:
+                        costs = measure_verify_costs(verifier, verifier.vocab_size)
+                    drafter = build_tree_drafter(settings.tree, verifier, drafter, tokenizer, costs)
                 methods.append(EngineMethod(name, verifier, drafter, config, eos))
         except (FileNotFoundError, ValueError, RuntimeError) as error:
             unavailable[name] = str(error).splitlines()[0]

@@ -126,7 +126,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dic
                       "accepted_lengths": output.accepted_lengths, "drafted": output.drafted,
                       "draft_seconds": output.draft_seconds, "verify_seconds": output.verify_seconds,
                       "candidates": output.candidates, "spec_counts": output.spec_counts,
-                      "token_ids": output.tokens}
+                      "step_verify_seconds": output.step_verify_seconds, "nodes": output.nodes,
+                      "sources": output.sources, "plans": output.plans, "token_ids": output.tokens}
             records[(method.name, question_id)] = record
             handle.write(json.dumps(record) + "\n")
             handle.flush()

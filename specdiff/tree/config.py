@@ -10,11 +10,11 @@ SOURCES = ("lookup", "suffix", "diffusion")
 @dataclass(frozen=True)
 class TreeConfig:
     sources: str = field(default="lookup,suffix,diffusion", metadata={
-        "help": "comma-separated draft sources verified in one tree: lookup (suffix matches in the prompt and the "
+        "aliases": ("--sources",), "help": "comma-separated draft sources verified in one tree: lookup (suffix matches in the prompt and the "
                 "text so far), suffix (earlier outputs of this process and --datastore), diffusion (the drafter); "
                 "'diffusion' alone is plain SpecDiff-2 drafting without a tree policy"})
     datastore: str | None = field(default=None, metadata={
-        "help": "files, a folder of them or JSONL (a 'text' field per line) whose token text the suffix source "
+        "aliases": ("--datastore",), "help": "files, a folder of them or JSONL (a 'text' field per line) whose token text the suffix source "
                 "searches"})
     max_depth: int = field(default=10, metadata={"help": "longest branch a lookup source proposes"})
     max_nodes: int = field(default=24, metadata={"help": "most draft tokens in one verification pass"})
@@ -43,3 +43,15 @@ class TreeConfig:
     def uses_tree(self) -> bool:
         """False for 'diffusion' alone: the drafter drafts by itself, as before trees."""
         return self.source_names != ("diffusion",)
+
+
+def add_tree_args(parser) -> None:
+    from specdiff.config_args import add_dataclass_args
+
+    add_dataclass_args(parser, TreeConfig, prefix="tree_")
+
+
+def tree_config_from_args(args) -> TreeConfig:
+    from specdiff.config_args import dataclass_from_args
+
+    return dataclass_from_args(TreeConfig, args, prefix="tree_")
