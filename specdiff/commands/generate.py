@@ -31,9 +31,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verifier", default=DEFAULT_VERIFIER, help="named model, local folder or Hub id")
     parser.add_argument("--drafter", default=DEFAULT_DRAFTER,
                         help="named drafter, saved diffusion drafter folder, DFlash-layout folder, causal LM, "
-                             "or 'none' for plain decoding")
+                             "or 'none' for plain decoding (no tree, no lookup)")
     add_dataclass_args(parser, DrafterConfig, prefix="drafter_")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    from specdiff.tree.config import add_tree_args
+
+    add_tree_args(parser)
 
 
 @contextlib.contextmanager
@@ -59,7 +62,7 @@ def decoding_config(args):
     return dataclass_from_args(DecodingConfig, args, sampling=sampling, draft_sampling=draft_sampling)
 
 
-def load_pair(args):
+def load_pair(args, load_drafter_model: bool = True):
     """(verifier model, tokenizer, drafter or None); checks the tokenizers match. Settings
     and the drafter spec are checked before any model loads."""
     from specdiff.config_args import dataclass_from_args
@@ -67,11 +70,12 @@ def load_pair(args):
     from specdiff.models.loading import check_same_tokenizer, load_causal_lm
 
     drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
-    if args.drafter.lower() != "none":
+    wanted = load_drafter_model and args.drafter.lower() != "none"
+    if wanted:
         check_drafter_spec(args.drafter)
     model, tokenizer = load_causal_lm(args.verifier, args.dtype)
     drafter = None
-    if args.drafter.lower() != "none":
+    if wanted:
         drafter, drafter_tokenizer = load_drafter(args.drafter, drafter_config, args.dtype, model)
         if drafter_tokenizer is not None:  # DFlash drafters use the verifier's own embedding and head
             check_same_tokenizer(tokenizer, drafter_tokenizer)
@@ -83,10 +87,21 @@ def cmd_generate(args) -> int:
     from specdiff.prompting import encode_prompt, eos_token_ids
     from specdiff.verifier import Verifier
 
+    from specdiff.tree.build import build_tree_drafter, check_tree_config
+    from specdiff.tree.config import tree_config_from_args
+    from specdiff.tree.drafter import TreeDrafter
+
     config = decoding_config(args)
-    model, tokenizer, drafter = load_pair(args)
+    with naming_flag("--sources/--datastore/--tree-*"):
+        tree = tree_config_from_args(args)
+    plain = args.drafter.lower() == "none"
+    if not plain:
+        check_tree_config(tree)
+    model, tokenizer, drafter = load_pair(args, load_drafter_model="diffusion" in tree.source_names)
     prompt_ids = encode_prompt(tokenizer, args.prompt, chat=not args.raw)
     verifier = Verifier(model)
+    if not plain and tree.uses_tree:
+        drafter = build_tree_drafter(tree, verifier, drafter, tokenizer)
     tokens, steps, shown = [], [], ""
     started = time.perf_counter()
     for step in stream_generate(prompt_ids, verifier, drafter, config, eos_token_ids(model, tokenizer)):
@@ -108,6 +123,11 @@ def cmd_generate(args) -> int:
             "tokens_per_s": len(tokens) / seconds,
             "seconds": seconds,
             "accepted_lengths": [step.accepted for step in steps],
+            "sources": [step.source for step in steps],
+            "nodes": [step.nodes for step in steps],
+            "plans": [step.plan for step in steps],
+            "acceptance_by_source": drafter.estimates.table() if isinstance(drafter, TreeDrafter) else None,
+            "verify_cost_seconds": drafter.costs.table if isinstance(drafter, TreeDrafter) else None,
             "chosen_candidates": [step.candidate for step in steps],
             "draft_seconds": sum(step.draft_seconds for step in steps),
             "verify_seconds": sum(step.verify_seconds for step in steps),
