@@ -169,3 +169,19 @@ def test_tree_config_refusals():
         TreeConfig(sources="lookup", datastore="x")
     with pytest.raises(ValueError, match="--tree-max-ngram"):
         TreeConfig(min_ngram=3, max_ngram=2)
+
+
+def test_tree_statistics_from_records():
+    from specdiff.bench.tree_report import tree_statistics
+
+    plan = {"choice": "hybrid", "branches": [{"source": "lookup", "tokens": [5, 6, 7]},
+                                             {"source": "diffusion", "tokens": [5, 9]}]}
+    record = {"method": "specdiff", "token_ids": [5, 6, 1, 4], "accepted_lengths": [3, 1], "plans": [plan, None],
+              "sources": ["lookup", ""], "nodes": [5, 1], "step_verify_seconds": [0.5, 0.25]}
+    stats = tree_statistics([record, {"method": "ar", "plans": None}])["specdiff"]
+    assert stats["tau"] == 2.0
+    assert stats["acceptance_by_source_and_depth"] == {
+        "diffusion": {0: {"reached": 1, "rate": 1.0}, 1: {"reached": 1, "rate": 0.0}},
+        "lookup": {0: {"reached": 1, "rate": 1.0}, 1: {"reached": 1, "rate": 1.0}, 2: {"reached": 1, "rate": 0.0}}}
+    assert stats["accepted_draft_tokens_by_source"] == {"lookup": 2}
+    assert stats["verify_seconds_by_nodes"] == {1: {"calls": 1, "mean_s": 0.25}, 5: {"calls": 1, "mean_s": 0.5}}

@@ -13,6 +13,7 @@ def cmd_bench(args) -> int:
     from specdiff.bench.methods import MethodSettings
     from specdiff.bench.report import ENGINE_REFERENCE, check_equality, markdown_table, plot, summarize
     from specdiff.bench.runner import PRESETS, BenchConfig, run_bench
+    from specdiff.bench.tree_report import tree_markdown, tree_statistics
 
     overrides = PRESETS[args.preset] if args.preset else {}
     for key, value in overrides.items():  # a preset sets defaults; explicit flags still win
@@ -48,9 +49,13 @@ def cmd_bench(args) -> int:
                          f"({d.reference_token} vs {d.other_token}), verifier top-2 margin {d.top2_margin:.4f}")
     else:
         lines.append(f"Every method's output equals {reference}'s token for token (vllm-* methods: vllm's).")
+    trees = tree_statistics(records)
+    if trees:
+        lines.append(tree_markdown(trees))
     report = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(report)
-    (out / "summary.json").write_text(json.dumps({"summary": summary, "unavailable": unavailable}, indent=2))
+    (out / "summary.json").write_text(json.dumps({"summary": summary, "unavailable": unavailable, "trees": trees},
+                                                 indent=2))
     plot(summary, methods, out, reference or "ar")
     print(report)
     print(f"records, summary and plots in {out}")
