@@ -266,3 +266,35 @@ def test_a_shipped_drafter_that_does_not_fit_is_refused_before_it_is_built(tmp_p
     with pytest.raises(ValueError, match="specdiff-dflash-qwen2.5-coder-1.5b"):
         speculative_setup("specdiff-dflash-qwen2.5-coder-1.5b", verifier_config)
     assert not (tmp_path / "drafters").exists()
+
+
+def test_the_tree_policy_is_served_through_the_proposer(tmp_path, verifier_config):
+    diffusion = speculative_setup("specdiff-qwen2.5-coder-1.5b", verifier_config, 4)
+    assert diffusion.environment["SPECDIFF_VLLM_SOURCES"] == "lookup,suffix,diffusion"  # generate's default
+    alone = speculative_setup("specdiff-qwen2.5-coder-1.5b", verifier_config, 4, sources="diffusion")
+    assert alone.environment["SPECDIFF_VLLM_SOURCES"] == "diffusion"
+    with pytest.raises(ValueError, match="--sources applies to standalone diffusion drafters"):
+        speculative_setup(str(dflash_folder(tmp_path, verifier_config)), verifier_config, sources="lookup")
+    with pytest.raises(ValueError, match="--sources takes"):
+        speculative_setup("specdiff-qwen2.5-coder-1.5b", verifier_config, 4, sources="lookup,bogus")
+
+
+def test_the_tree_proposer_proposes_one_chain_and_learns_across_requests():
+    from specdiff.serving import proposer as proposer_module
+    from specdiff.tree.config import TreeConfig
+
+    network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
+    proposer = proposer_module.DiffusionProposer.__new__(proposer_module.DiffusionProposer)
+    proposer.gamma, proposer.max_model_len, proposer._last_call, proposer._last_chain = 4, 64, None, 0
+    tree = TreeConfig(sources="lookup,suffix,diffusion", max_nodes=4, max_depth=4)
+    proposer.states = proposer_module.make_states(lambda: DiffusionDrafter(network), tree, network.config.vocab_size)
+    repeating = [3, 4, 5, 6, 7, 8, 3, 4, 5, 6, 7, 8, 3, 4]
+    rows = np.zeros((2, 64), dtype=np.int64)
+    rows[0, :len(repeating)], rows[1, :3] = repeating, [9, 8, 7]
+    first = proposer.propose([[4], [7]], np.array([len(repeating), 3]), rows)
+    assert first[0] == [5, 6, 7, 8]  # the text repeats: lookup's chain, at most gamma long
+    assert len(first[1]) <= 4
+    rows[0, len(repeating):len(repeating) + 5] = [5, 6, 7, 8, 3]  # vLLM accepted the chain and added 3
+    proposer.propose([[3], []], np.array([len(repeating) + 5, 3]), rows)
+    assert proposer.states.costs.table.get(5) is not None  # the step time of a 4-token chain, learnt
+    assert proposer.states._states[next(iter(proposer.states._states))][1].estimates.trials  # shared estimates

@@ -160,7 +160,8 @@ def vllm_method(name: str, verifier: str, verifier_config, eos: set[int], settin
         raise FileNotFoundError(f"no drafter given for {name} (--dflash-drafter PATH)")
     gamma = {"vllm-ngram": settings.prompt_lookup_tokens, "vllm-dflash": settings.gamma_dflash,
              "vllm-specdiff": settings.gamma}.get(name)
-    setup = speculative_setup(drafter, verifier_config, gamma)
+    setup = speculative_setup(drafter, verifier_config, gamma,
+                              sources=settings.tree.sources if name == "vllm-specdiff" else TreeConfig.sources)
     return VllmMethod(name, verifier, setup.config, setup.environment, eos)
 
 

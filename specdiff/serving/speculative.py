@@ -16,7 +16,8 @@ from pathlib import Path
 from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_dflash, read_config
 from specdiff.drafters.files import check_drafter_files
 from specdiff.drafters.loading import diffusion_folder
-from specdiff.serving.proposer import DRAFTER_ENV, STEPS_ENV
+from specdiff.serving.proposer import DRAFTER_ENV, SOURCES_ENV, STEPS_ENV
+from specdiff.tree.config import TreeConfig
 
 PROPOSER_CLASS = "specdiff.serving.proposer.DiffusionProposer"
 NGRAM_MAX, NGRAM_MIN = 4, 2
@@ -29,14 +30,21 @@ class SpeculativeSetup:
     environment: dict[str, str] = field(default_factory=dict)  # for the process that runs vLLM
 
 
-def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, steps: int = 1) -> SpeculativeSetup:
+def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, steps: int = 1,
+                      sources: str = TreeConfig.sources) -> SpeculativeSetup:
     """The setup for ``drafter`` beside a verifier with ``verifier_config`` (a transformers
     config); a drafter that does not fit the verifier is refused here, in one line.
-    ``gamma`` None: a DFlash drafter's block size - 1, else ``DEFAULT_GAMMA``."""
+    ``gamma`` None: a DFlash drafter's block size - 1, else ``DEFAULT_GAMMA``. ``sources``:
+    what the proposer of a standalone diffusion drafter drafts from (see ``TreeConfig``);
+    other drafters take only the default."""
     from specdiff.drafters.shipped_dflash import dflash_drafter_folder
 
     if gamma is not None and gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")
+    tree = TreeConfig(sources=sources)
+    if sources != TreeConfig.sources and diffusion_folder(drafter) is None:
+        raise ValueError("--sources applies to standalone diffusion drafters (served by specdiff's proposer); "
+                         f"--drafter {drafter} drafts by itself")
     if drafter == "none":
         return SpeculativeSetup(None)
     folder = dflash_drafter_folder(drafter, verifier_config) or (Path(drafter) if is_dflash_folder(drafter) else None)
@@ -57,6 +65,6 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
     if diffusion is not None:
         check_drafter_files(diffusion)
         return SpeculativeSetup({"method": "custom_class", "model": PROPOSER_CLASS, "num_speculative_tokens": gamma},
-                                {DRAFTER_ENV: str(diffusion), STEPS_ENV: str(steps)})
+                                {DRAFTER_ENV: str(diffusion), STEPS_ENV: str(steps), SOURCES_ENV: tree.sources})
     raise ValueError(f"--drafter {drafter!r} is not a DFlash folder, a diffusion drafter, 'ngram' or 'none' "
                      "(vLLM serves those; `specdiff models list` shows the shipped drafters)")

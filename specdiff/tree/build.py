@@ -19,6 +19,16 @@ def check_tree_config(config: TreeConfig) -> None:
         datastore_files(config.datastore)
 
 
+def lookup_sources(config: TreeConfig, outputs: SuffixIndex | None) -> list[LookupSource]:
+    """The lookup sources ``config`` names; the suffix source searches ``outputs``."""
+    sources = []
+    if "lookup" in config.source_names:
+        sources.append(LookupSource("lookup", config.min_ngram, config.max_ngram, config.max_branches))
+    if "suffix" in config.source_names:
+        sources.append(LookupSource("suffix", config.min_ngram, config.max_ngram, config.max_branches, index=outputs))
+    return sources
+
+
 def build_tree_drafter(config: TreeConfig, verifier, drafter, tokenizer=None,
                        costs: VerifyCosts | None = None) -> TreeDrafter:
     """``drafter`` (or None) becomes the model source when ``config`` names 'diffusion';
@@ -26,17 +36,12 @@ def build_tree_drafter(config: TreeConfig, verifier, drafter, tokenizer=None,
     names = config.source_names
     if "diffusion" in names and drafter is None:
         raise ValueError("--sources names 'diffusion' but no drafter was given (--drafter)")
-    lookups = []
-    if "lookup" in names:
-        lookups.append(LookupSource("lookup", config.min_ngram, config.max_ngram, config.max_branches))
-    outputs = None
-    if "suffix" in names:
-        outputs = SuffixIndex(config.max_ngram)
-        if config.datastore:
-            if tokenizer is None:
-                raise ValueError("indexing --datastore needs the verifier's tokenizer")
-            index_datastore(config.datastore, tokenizer, outputs)
-        lookups.append(LookupSource("suffix", config.min_ngram, config.max_ngram, config.max_branches, index=outputs))
+    outputs = SuffixIndex(config.max_ngram) if "suffix" in names else None
+    if outputs is not None and config.datastore:
+        if tokenizer is None:
+            raise ValueError("indexing --datastore needs the verifier's tokenizer")
+        index_datastore(config.datastore, tokenizer, outputs)
+    lookups = lookup_sources(config, outputs)
     if costs is None:
         costs = measure_verify_costs(verifier, verifier.vocab_size)
         print("verify cost (tokens: ms): " + ", ".join(f"{n}: {s * 1000:.0f}" for n, s in costs.table.items()),

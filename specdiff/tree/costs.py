@@ -31,9 +31,14 @@ class VerifyCosts:
         return times[-1] + max(slope, 0.0) * (tokens - sizes[-1])
 
     def record(self, tokens: int, seconds: float, weight: float = 0.1) -> None:
-        """Fold one observed pass into the table (a moving average at measured sizes)."""
+        """Fold one observed pass into the table: a moving average at sizes seen before, the
+        observation itself at a new size."""
+        if seconds <= 0:
+            return
         if tokens in self.table:
             self.table[tokens] = (1 - weight) * self.table[tokens] + weight * seconds
+        else:
+            self.table = dict(sorted({**self.table, tokens: seconds}.items()))
 
 
 @torch.inference_mode()
