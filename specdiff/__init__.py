@@ -10,6 +10,9 @@ from specdiff.engine import (
     stream_generate,
 )
 from specdiff.sampling import SamplingConfig
+from specdiff.tree.build import build_tree_drafter
+from specdiff.tree.config import TreeConfig
+from specdiff.tree.drafter import TreeDrafter
 from specdiff.verifier import Verifier
 
 __version__ = "0.1.0"
@@ -25,8 +28,11 @@ __all__ = [
     "GenerationResult",
     "SamplingConfig",
     "StepRecord",
+    "TreeConfig",
+    "TreeDrafter",
     "Verifier",
     "autoregressive_generate",
+    "build_tree_drafter",
     "speculative_generate",
     "stream_generate",
 ]
