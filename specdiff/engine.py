@@ -158,7 +158,8 @@ def stream_generate(
         drafted = time.perf_counter()
 
         roots = torch.full((draft_tokens.shape[0], 1), last_token, dtype=torch.long)
-        scored = verifier.score(torch.cat([roots, draft_tokens], dim=1), feature_layers, lengths)  # [K, 1 + gamma, vocab]
+        candidates = torch.cat([roots, draft_tokens], dim=1)
+        scored = verifier.score(candidates, feature_layers, lengths)  # logits [K, 1 + gamma, vocab]
         if config.sampling.greedy:
             acceptance = greedy_accept(draft_tokens, scored.logits, lengths)
         else:
@@ -175,7 +176,8 @@ def stream_generate(
         new_tokens, ended = truncate_at_eos(new_tokens, eos_token_ids)
         produced += len(new_tokens)
         last_token = new_tokens[-1]
-        source = "" if not acceptance.num_accepted else draft.sources[acceptance.candidate] if draft.sources else "drafter"
+        source = draft.sources[acceptance.candidate] if draft.sources else "drafter"
+        source = source if acceptance.num_accepted else ""
         yield StepRecord(draft_tokens.shape[1], acceptance.num_accepted, acceptance.candidate, new_tokens,
                          drafted - started, verified - drafted, len(scored.trie.tokens), source, draft.plan)
         if ended:

@@ -7,8 +7,14 @@ import pytest
 import torch
 from conftest import tiny_causal_lm
 
-from specdiff import AutoregressiveDrafter, DecodingConfig, DiffusionDrafter, Verifier, autoregressive_generate
-from specdiff import speculative_generate
+from specdiff import (
+    AutoregressiveDrafter,
+    DecodingConfig,
+    DiffusionDrafter,
+    Verifier,
+    autoregressive_generate,
+    speculative_generate,
+)
 from specdiff.acceptance import greedy_accept, rejection_accept
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.tree.build import build_tree_drafter
@@ -76,8 +82,10 @@ def test_suffix_index_finds_what_brute_force_finds():
         ngram, starts = index.matches(context, 1, 4)
         found = {(d, i + len(context[-ngram:])) for d, doc in enumerate(documents)
                  for i in range(len(doc) - ngram) if ngram and doc[i:i + ngram] == context[-ngram:]}
-        expected_ngram = next((n for n in range(min(4, len(context)), 0, -1)
-                               if any(doc[i:i + n] == context[-n:] for doc in documents for i in range(len(doc) - n))), 0)
+        def occurs(n, context=context):
+            return any(doc[i:i + n] == context[-n:] for doc in documents for i in range(len(doc) - n))
+
+        expected_ngram = next((n for n in range(min(4, len(context)), 0, -1) if occurs(n)), 0)
         assert ngram == expected_ngram and len(starts) == len(found)
         for start in starts:  # every hit is followed by a token of its own document
             assert index.continuation(int(start), 1)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specdiff.bench.method_output import MethodOutput
+from specdiff.bench.vllm_methods import VLLM_METHODS, VllmMethod
 from specdiff.engine import DecodingConfig, generate
 from specdiff.models.linear_kernels import PLAIN, kernel_plan
 from specdiff.models.registry import DEFAULT_VERIFIER
@@ -42,22 +44,6 @@ from specdiff.tree.config import TreeConfig
 from specdiff.verifier import Verifier
 
 METHODS = ("ar", "ar-engine", "hf-assisted", "prompt-lookup", "sd-ar", "specdiff", "specdiff-v1", "specdiff2", "dflash")
-
-
-@dataclass
-class MethodOutput:
-    tokens: list[int]
-    seconds: float
-    accepted_lengths: list[int] | None = None  # tokens committed per verifier call (Spec-Bench style)
-    drafted: list[int] | None = None  # draft slots proposed per verifier call
-    draft_seconds: float | None = None
-    verify_seconds: float | None = None
-    candidates: list[int] = field(default_factory=list)
-    spec_counts: dict | None = None  # vLLM methods: {"drafts", "accepted_per_position"} from vLLM's counters
-    step_verify_seconds: list[float] | None = None  # per verifier call
-    nodes: list[int] | None = None  # tokens scored per verifier call (tree nodes, the root included)
-    sources: list[str] | None = None  # per verifier call: where its accepted draft tokens came from ("" none)
-    plans: list[dict | None] | None = None  # per verifier call: the tree policy's choice and estimates
 
 
 class HFGenerateMethod:
@@ -140,8 +126,6 @@ SWEEP_METHOD = re.compile(r"(specdiff2|dflash)-k(\d+)(?:-g(\d+))?(?:-(int8|fp32)
 
 
 def check_method_names(names: list[str]) -> None:
-    from specdiff.bench.vllm_methods import VLLM_METHODS
-
     if not names:
         raise ValueError(f"no method given; known: {', '.join(METHODS + VLLM_METHODS)}")
     for name in names:
@@ -151,7 +135,6 @@ def check_method_names(names: list[str]) -> None:
 
 
 def vllm_method(name: str, verifier: str, verifier_config, eos: set[int], settings: MethodSettings):
-    from specdiff.bench.vllm_methods import VllmMethod
     from specdiff.serving.speculative import speculative_setup
 
     drafter = {"vllm": "none", "vllm-ngram": "ngram", "vllm-dflash": settings.dflash_drafter,

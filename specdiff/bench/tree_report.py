@@ -69,6 +69,7 @@ def tree_markdown(statistics: dict[str, dict]) -> str:
         for source, depths in stats["acceptance_by_source_and_depth"].items():
             cells = ", ".join(f"d{d} {v['rate']:.2f} ({v['reached']})" for d, v in list(depths.items())[:8])
             lines.append(f"- {source}: acceptance by depth (reached): {cells}")
-        cells = ", ".join(f"{n}: {v['mean_s']:.3f} s ({v['calls']})" for n, v in stats["verify_seconds_by_nodes"].items())
+        by_nodes = stats["verify_seconds_by_nodes"].items()
+        cells = ", ".join(f"{n}: {v['mean_s']:.3f} s ({v['calls']})" for n, v in by_nodes)
         lines.append(f"- verify seconds by tokens per pass (calls): {cells}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from specdiff.bench.methods import MethodOutput
+from specdiff.bench.method_output import MethodOutput
 
 VLLM_METHODS = ("vllm", "vllm-ngram", "vllm-dflash", "vllm-specdiff")
 

@@ -1,1 +1,2 @@
-"""The diffusion drafter network, how it is built from a base model, and named models."""
+"""Named models (registry), their preparation from packaged GGUF files, loading, and the linear
+kernels the verifier and drafters compute with. Drafters live in ``specdiff/drafters``."""

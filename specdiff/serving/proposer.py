@@ -36,11 +36,11 @@ import torch
 from specdiff.drafters.base import Accepted, Draft
 from specdiff.drafters.diffusion import DiffusionDrafter
 from specdiff.sampling import SamplingConfig
+from specdiff.tree.build import lookup_sources
 from specdiff.tree.config import TreeConfig
 from specdiff.tree.costs import VerifyCosts
 from specdiff.tree.drafter import TreeDrafter
 from specdiff.tree.estimates import AcceptanceEstimates
-from specdiff.tree.build import lookup_sources
 from specdiff.tree.sources import ModelSource
 from specdiff.tree.suffix_index import SuffixIndex
 

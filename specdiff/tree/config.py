@@ -10,11 +10,13 @@ SOURCES = ("lookup", "suffix", "diffusion")
 @dataclass(frozen=True)
 class TreeConfig:
     sources: str = field(default="lookup,suffix,diffusion", metadata={
-        "aliases": ("--sources",), "help": "comma-separated draft sources verified in one tree: lookup (suffix matches in the prompt and the "
+        "aliases": ("--sources",),
+        "help": "comma-separated draft sources verified in one tree: lookup (suffix matches in the prompt and the "
                 "text so far), suffix (earlier outputs of this process and --datastore), diffusion (the drafter); "
                 "'diffusion' alone is plain SpecDiff-2 drafting without a tree policy"})
     datastore: str | None = field(default=None, metadata={
-        "aliases": ("--datastore",), "help": "files, a folder of them or JSONL (a 'text' field per line) whose token text the suffix source "
+        "aliases": ("--datastore",),
+        "help": "files, a folder of them or JSONL (a 'text' field per line) whose token text the suffix source "
                 "searches"})
     max_depth: int = field(default=10, metadata={"help": "longest branch a lookup source proposes"})
     max_nodes: int = field(default=24, metadata={"help": "most draft tokens in one verification pass"})
