@@ -82,11 +82,11 @@ class TrajectoryVerifier:
             raise ValueError("this drafter reads the verifier's hidden states: replay needs the verifier's features")
         return self.features[start:end]
 
-    def score(self, candidates: Tensor, feature_layers=()) -> ScoredDrafts:
+    def score(self, candidates: Tensor, feature_layers=(), lengths: Tensor | None = None) -> ScoredDrafts:
         num_drafts, width = candidates.shape
         truth = torch.tensor(self.sequence[self._cached + 1: self._cached + 1 + width])  # [1 + gamma]
         logits = torch.nn.functional.one_hot(truth, self.vocab_size).float().expand(num_drafts, -1, -1)
-        return ScoredDrafts(build_trie(candidates), self._cached, logits, None)
+        return ScoredDrafts(build_trie(candidates, lengths), self._cached, logits, None)
 
     def commit(self, scored: ScoredDrafts, candidate: int, num_accepted: int) -> CommittedTokens:
         start, self._cached = self._cached, self._cached + 1 + num_accepted
