@@ -193,3 +193,41 @@ def test_tree_statistics_from_records():
         "lookup": {0: {"reached": 1, "rate": 1.0}, 1: {"reached": 1, "rate": 1.0}, 2: {"reached": 1, "rate": 0.0}}}
     assert stats["accepted_draft_tokens_by_source"] == {"lookup": 2}
     assert stats["verify_seconds_by_nodes"] == {1: {"calls": 1, "mean_s": 0.25}, 5: {"calls": 1, "mean_s": 0.5}}
+
+
+class TimedDrafter:
+    """Stands in for a drafter whose next call takes ``delay`` seconds."""
+
+    vocab_size, feature_layers, delay = 8, (), 0.0
+
+    def start(self, prompt, features=None):
+        pass
+
+    def update(self, accepted):
+        pass
+
+    def draft(self, gamma, sampling, num_drafts=1, generator=None, greedy_first=False):
+        import time
+
+        from specdiff import Draft
+
+        time.sleep(self.delay)
+        return Draft(torch.zeros(num_drafts, gamma, dtype=torch.long), torch.full((num_drafts, gamma, 8), 1 / 8))
+
+
+def test_a_catch_up_call_does_not_price_the_drafter_out():
+    from specdiff import SamplingConfig
+    from specdiff.tree.sources import ModelSource
+
+    drafter = TimedDrafter()
+    source = ModelSource(drafter, steady_tokens=11)
+    source.start(list(range(200)))
+    drafter.delay = 0.2  # the first call runs over the whole prompt
+    source.propose(200, 2, SamplingConfig(), 1, None, False)
+    assert source.seconds is None
+    drafter.delay = 0.01
+    source.propose(203, 2, SamplingConfig(), 1, None, False)  # three tokens later: a steady call
+    assert 0.005 < source.seconds < 0.1
+    drafter.delay = 0.2
+    source.propose(303, 2, SamplingConfig(), 1, None, False)  # after 100 tokens it sat out: left out
+    assert source.seconds < 0.1

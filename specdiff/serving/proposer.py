@@ -145,7 +145,7 @@ def make_states(make_model_drafter, tree: TreeConfig, vocab_size: int) -> Drafte
     outputs = SuffixIndex(tree.max_ngram) if "suffix" in tree.source_names else None
 
     def make_tree() -> TreeDrafter:
-        model = ModelSource(make_model_drafter()) if "diffusion" in tree.source_names else None
+        model = ModelSource(make_model_drafter(), tree.max_depth + 1) if "diffusion" in tree.source_names else None
         return TreeDrafter(vocab_size, lookup_sources(tree, outputs), model, costs, tree, estimates=estimates)
 
     finished = (lambda tokens: outputs.add([tokens])) if outputs is not None else None

@@ -46,5 +46,5 @@ def build_tree_drafter(config: TreeConfig, verifier, drafter, tokenizer=None,
         costs = measure_verify_costs(verifier, verifier.vocab_size)
         print("verify cost (tokens: ms): " + ", ".join(f"{n}: {s * 1000:.0f}" for n, s in costs.table.items()),
               file=sys.stderr)
-    model = ModelSource(drafter) if "diffusion" in names else None
+    model = ModelSource(drafter, config.max_depth + 1) if "diffusion" in names else None
     return TreeDrafter(verifier.vocab_size, lookups, model, costs, config, outputs)

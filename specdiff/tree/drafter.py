@@ -59,7 +59,7 @@ class TreeDrafter:
             self.outputs.add([self._sequence])
         self._sequence = list(prompt)
         if self.model:
-            self.model.drafter.start(prompt, features)
+            self.model.start(prompt, features)
 
     def _expected_model_branch(self, gamma: int) -> Branch:
         """The model's block before it is drafted: per-depth acceptance learnt so far."""
@@ -80,9 +80,10 @@ class TreeDrafter:
             with_model = select_nodes(planned, estimated_acceptance(planned, self.estimates),
                                       draft_seconds=self.model.seconds or 0.0, **select)
             if with_model.lengths[-1] and with_model.tokens_per_second > selection.tokens_per_second:
-                branches = branches + self.model.propose(gamma, sampling, num_drafts, generator, greedy_first)
+                branches = branches + self.model.propose(len(self._sequence), gamma, sampling, num_drafts, generator,
+                                                         greedy_first)
                 selection = select_nodes(branches, estimated_acceptance(branches, self.estimates),
-                                         draft_seconds=self.model.seconds, **select)
+                                         draft_seconds=self.model.seconds or 0.0, **select)
                 choice = "hybrid"
         self._branches, self._selection = branches, selection
         return self._rows(branches, selection, sampling, choice)

@@ -73,20 +73,35 @@ class LookupSource:
 
 class ModelSource:
     """A drafter as a source. It must hear of every committed token even on steps it did
-    not draft, so ``update`` is always called; ``seconds`` tracks its call cost."""
+    not draft, so ``update`` is always called.
+
+    ``seconds``: what a draft call costs in the steady state, for the policy. A call after
+    steps the drafter sat out first runs the drafter over everything committed since (a
+    catch-up paid once, whenever the drafter is used again); such calls are timed but left
+    out of the estimate, or one long catch-up (the prompt, a stretch of lookup-only steps)
+    would price the drafter out of every later step."""
 
     name = "diffusion"
 
-    def __init__(self, drafter: Drafter):
+    def __init__(self, drafter: Drafter, steady_tokens: int):
         self.drafter = drafter
-        self.seconds: float | None = None  # moving average of a draft call
+        self.steady_tokens = steady_tokens  # at most what one step commits: a call catching up on no more is steady
+        self.seconds: float | None = None  # moving average of steady draft calls
+        self._seen = 0  # committed tokens the drafter had run over at its last call
 
-    def propose(self, gamma: int, sampling: SamplingConfig, num_drafts: int, generator: torch.Generator | None,
-                greedy_first: bool) -> list[Branch]:
+    def start(self, prompt: list[int], features: Tensor | None = None) -> None:
+        self.drafter.start(prompt, features)
+        self._seen = 0
+
+    def propose(self, committed: int, gamma: int, sampling: SamplingConfig, num_drafts: int,
+                generator: torch.Generator | None, greedy_first: bool) -> list[Branch]:
+        """``committed``: tokens in the sequence now (what the drafter catches up on)."""
         started = time.perf_counter()
         draft = self.drafter.draft(gamma, sampling, num_drafts, generator, greedy_first=greedy_first)
         elapsed = time.perf_counter() - started
-        self.seconds = elapsed if self.seconds is None else 0.8 * self.seconds + 0.2 * elapsed
+        if committed - self._seen <= self.steady_tokens:
+            self.seconds = elapsed if self.seconds is None else 0.8 * self.seconds + 0.2 * elapsed
+        self._seen = committed
         confidence = draft.confidence if draft.confidence is not None else torch.full((gamma,), float("nan"))
         branches = []
         for row in range(draft.tokens.shape[0]):
