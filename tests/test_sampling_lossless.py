@@ -175,16 +175,26 @@ def test_best_draft_then_single_draft_rejection_fails_the_check(verifier, draft_
     assert tv > TV_BOUND, f"negative control passed the check: TV {tv:.3f}"
 
 
+class FlatCosts:
+    """Every pass costs the same and stays so (timed passes are not folded in)."""
+
+    table = {1: 1.0}
+
+    def seconds(self, tokens: int) -> float:
+        return 1.0
+
+    def record(self, tokens: int, seconds: float) -> None:
+        pass
+
+
 def mixed_source_drafter(verifier, draft_base, sources: str):
     """A tree of lookup, suffix-index and sampled diffusion rows; a flat verify cost makes the
     policy admit as many nodes as it can, so every kind of row is verified together."""
     from specdiff.tree.build import build_tree_drafter
     from specdiff.tree.config import TreeConfig
-    from specdiff.tree.costs import VerifyCosts
-
     drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(draft_base))
     config = TreeConfig(sources=sources, max_depth=3, max_nodes=8, max_branches=3)
-    return build_tree_drafter(config, verifier, drafter, costs=VerifyCosts({1: 1.0, 16: 1.0}))
+    return build_tree_drafter(config, verifier, drafter, costs=FlatCosts())
 
 
 def sources_verified_together(verifier, tree, config) -> set[str]:

@@ -231,3 +231,14 @@ def test_a_catch_up_call_does_not_price_the_drafter_out():
     drafter.delay = 0.2
     source.propose(303, 2, SamplingConfig(), 1, None, False)  # after 100 tokens it sat out: left out
     assert source.seconds < 0.1
+
+
+def test_the_cost_table_learns_from_passes():
+    costs = VerifyCosts({1: 0.2, 4: 0.3})
+    costs.record(4, 0.5)
+    assert costs.table[4] == pytest.approx(0.32)
+    costs.record(8, 0.6)  # a size not measured before joins the table
+    assert costs.seconds(6) == pytest.approx(0.46)
+    placeholder = VerifyCosts({1: 1.0}, prior=True)
+    placeholder.record(5, 0.05)  # the first observation replaces a placeholder
+    assert placeholder.table == {5: 0.05} and placeholder.seconds(1) == placeholder.seconds(9) == 0.05

@@ -141,7 +141,7 @@ def make_states(make_model_drafter, tree: TreeConfig, vocab_size: int) -> Drafte
     estimates, suffix index and step costs all requests share."""
     if not tree.uses_tree:
         return DrafterStates(make_model_drafter)
-    estimates, costs = AcceptanceEstimates(), VerifyCosts({1: 1.0, tree.max_nodes + 1: 1.0})
+    estimates, costs = AcceptanceEstimates(), VerifyCosts({1: 1.0}, prior=True)  # flat until vLLM's first step
     outputs = SuffixIndex(tree.max_ngram) if "suffix" in tree.source_names else None
 
     def make_tree() -> TreeDrafter:

@@ -17,10 +17,12 @@ class VerifyCosts:
     """seconds(n): the cost of scoring n tokens (the root and n - 1 drafts), interpolated
     linearly between measured sizes and extrapolated from the last two."""
 
-    def __init__(self, table: dict[int, float]):
+    def __init__(self, table: dict[int, float], prior: bool = False):
+        """``prior``: a placeholder until the first observation, which then replaces it."""
         if not table or min(table) < 1 or any(seconds <= 0 for seconds in table.values()):
             raise ValueError("a verify-cost table needs positive times for sizes >= 1")
         self.table = dict(sorted(table.items()))
+        self.prior = prior
 
     def seconds(self, tokens: int) -> float:
         sizes = list(self.table)
@@ -35,7 +37,9 @@ class VerifyCosts:
         observation itself at a new size."""
         if seconds <= 0:
             return
-        if tokens in self.table:
+        if self.prior:
+            self.table, self.prior = {tokens: seconds}, False
+        elif tokens in self.table:
             self.table[tokens] = (1 - weight) * self.table[tokens] + weight * seconds
         else:
             self.table = dict(sorted({**self.table, tokens: seconds}.items()))
