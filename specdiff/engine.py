@@ -147,13 +147,12 @@ def stream_generate(
     produced = 0
     while produced < config.max_new_tokens:
         started = time.perf_counter()
-        # Never draft past max_new_tokens: the verifier adds one token of its own.
-        gamma = 0 if drafter is None else min(config.gamma, config.max_new_tokens - produced - 1)
+        room = config.max_new_tokens - produced - 1  # never draft past max_new_tokens: the verifier adds one
+        gamma = 0 if drafter is None else min(config.gamma, room)
         draft = Draft(torch.zeros(1, 0, dtype=torch.long), None)
         if gamma > 0:
             draft = cut_draft(drafter.draft(gamma, config.drafting, config.num_drafts, generator,
-                                            greedy_first=config.greedy_first_draft),
-                              config.max_new_tokens - produced - 1)
+                                            greedy_first=config.greedy_first_draft), room)
         draft_tokens, lengths = draft.tokens, draft.lengths
         drafted = time.perf_counter()
 

@@ -30,8 +30,8 @@ from specdiff.sampling import SamplingConfig
 from specdiff.tree.config import TreeConfig
 from specdiff.tree.costs import VerifyCosts
 from specdiff.tree.estimates import AcceptanceEstimates
-from specdiff.tree.policy import Selection, estimated_acceptance, select_nodes
-from specdiff.tree.sources import Branch, LookupSource, ModelSource, depth_bucket
+from specdiff.tree.policy import estimated_acceptance, select_nodes
+from specdiff.tree.sources import Branch, LookupSource, ModelSource, depth_bucket, model_prior
 from specdiff.tree.suffix_index import SuffixIndex
 
 
@@ -43,8 +43,8 @@ class TreeDrafter:
         self.outputs = outputs  # earlier sequences join it when the next one starts
         self.estimates = estimates or AcceptanceEstimates()
         self._sequence: list[int] = []
-        self._branches: list[Branch] = []
-        self._selection: Selection | None = None
+        self._kept: list[tuple[Branch, int]] = []  # the drafted branches verified, with the tokens kept of each
+        self._nodes: int | None = None  # draft nodes of that tree
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
@@ -65,36 +65,36 @@ class TreeDrafter:
         """The model's block before it is drafted: per-depth acceptance learnt so far."""
         name = self.model.name
         keys = [(name, "expected", j) for j in range(gamma)]
-        priors = [self.estimates.depth_rate(name, depth_bucket(j), 0.5 ** (j + 1)) for j in range(gamma)]
+        priors = [self.estimates.depth_rate(name, depth_bucket(j), model_prior(j)) for j in range(gamma)]
         return Branch(name, [-1 - j for j in range(gamma)], keys, priors)  # placeholder tokens never merge
 
     def draft(self, gamma: int, sampling: SamplingConfig, num_drafts: int = 1,
               generator: torch.Generator | None = None, greedy_first: bool = False) -> Draft:
         merge = sampling.greedy  # deterministic drafts only: see the module docstring
         branches = [b for source in self.lookups for b in source.propose(self._sequence, self.config.max_depth)]
+        acceptance = estimated_acceptance(branches, self.estimates)
         select = dict(costs=self.costs, max_nodes=self.config.max_nodes, merge=merge)
-        selection = select_nodes(branches, estimated_acceptance(branches, self.estimates), draft_seconds=0.0, **select)
+        selection = select_nodes(branches, acceptance, draft_seconds=0.0, **select)
         choice = "lookup" if selection.nodes else "plain"
         if self.model:
-            planned = branches + [self._expected_model_branch(gamma)]
-            with_model = select_nodes(planned, estimated_acceptance(planned, self.estimates),
+            expected = self._expected_model_branch(gamma)
+            with_model = select_nodes(branches + [expected], acceptance + [expected.priors],
                                       draft_seconds=self.model.seconds or 0.0, **select)
             if with_model.lengths[-1] and with_model.tokens_per_second > selection.tokens_per_second:
-                branches = branches + self.model.propose(len(self._sequence), gamma, sampling, num_drafts, generator,
-                                                         greedy_first)
-                selection = select_nodes(branches, estimated_acceptance(branches, self.estimates),
-                                         draft_seconds=self.model.seconds or 0.0, **select)
+                drafted = self.model.propose(len(self._sequence), gamma, sampling, num_drafts, generator, greedy_first)
+                branches, acceptance = branches + drafted, acceptance + estimated_acceptance(drafted, self.estimates)
+                selection = select_nodes(branches, acceptance, draft_seconds=self.model.seconds or 0.0, **select)
                 choice = "hybrid"
-        self._branches, self._selection = branches, selection
-        return self._rows(branches, selection, sampling, choice)
-
-    def _rows(self, branches: list[Branch], selection: Selection, sampling: SamplingConfig, choice: str) -> Draft:
-        kept = [(b, n) for b, n in zip(branches, selection.lengths) if n]
+        self._kept = [(b, n) for b, n in zip(branches, selection.lengths) if n]
+        self._nodes = selection.nodes
         plan = {"choice": choice, "expected_tokens": round(selection.expected_tokens, 3),
                 "estimated_seconds": round(selection.seconds, 4), "nodes": selection.nodes,
-                "branches": [{"source": b.source, "tokens": b.tokens[:n],
-                              "estimates": [round(e, 3) for e in estimated_acceptance([b], self.estimates)[0][:n]]}
-                             for b, n in kept]}
+                "branches": [{"source": b.source, "tokens": b.tokens[:n], "estimates": [round(e, 3) for e in a[:n]]}
+                             for b, a, n in zip(branches, acceptance, selection.lengths) if n]}
+        return self._rows(sampling, plan)
+
+    def _rows(self, sampling: SamplingConfig, plan: dict) -> Draft:
+        kept = self._kept
         if not kept:
             return Draft(torch.zeros(1, 0, dtype=torch.long), None, plan=plan)
         width = max(n for _, n in kept)
@@ -111,10 +111,9 @@ class TreeDrafter:
         return Draft(tokens, probs, lengths=lengths, sources=tuple(b.source for b, _ in kept), plan=plan)
 
     def update(self, accepted: Accepted) -> None:
-        committed = accepted.tokens
-        kept = [(b, n) for b, n in zip(self._branches, self._selection.lengths) if n] if self._selection else []
-        if accepted.verify_seconds is not None and self._selection is not None:
-            self.costs.record(1 + self._selection.nodes, accepted.verify_seconds)
+        committed, kept = accepted.tokens, self._kept
+        if accepted.verify_seconds is not None and self._nodes is not None:
+            self.costs.record(1 + self._nodes, accepted.verify_seconds)
         for branch, length in kept:
             for depth in range(min(length, len(committed))):
                 hit = branch.tokens[depth] == committed[depth]
@@ -127,4 +126,4 @@ class TreeDrafter:
             chosen = model_rows.index(accepted.candidate) if accepted.candidate in model_rows else -1
             self.model.update(Accepted(committed, chosen, accepted.num_accepted if chosen >= 0 else 0,
                                        accepted.features, accepted.verify_seconds))
-        self._branches, self._selection = [], None
+        self._kept, self._nodes = [], None

@@ -40,6 +40,11 @@ def depth_bucket(depth: int) -> int:
     return min(depth, 4)
 
 
+def model_prior(depth: int) -> float:
+    """A drafter's acceptance at a draft depth before anything is learnt or signalled."""
+    return 0.5 ** (depth + 1)
+
+
 def lookup_branches(source: str, ngram: int, continuations: list[list[int]], max_branches: int) -> list[Branch]:
     """Branches from the continuations of ``ngram``-token matches. Prior: a longer match and a
     larger share of agreeing matches are likelier to be accepted."""
@@ -102,15 +107,14 @@ class ModelSource:
         if committed - self._seen <= self.steady_tokens:
             self.seconds = elapsed if self.seconds is None else 0.8 * self.seconds + 0.2 * elapsed
         self._seen = committed
-        confidence = draft.confidence if draft.confidence is not None else torch.full((gamma,), float("nan"))
-        branches = []
-        for row in range(draft.tokens.shape[0]):
-            known = [not bool(torch.isnan(c)) for c in confidence]
-            keys = [(self.name, depth_bucket(j), round(float(c), 1) if ok else None)
-                    for j, (c, ok) in enumerate(zip(confidence, known))]
-            priors = [float(c) if ok else 0.5 ** (j + 1) for j, (c, ok) in enumerate(zip(confidence, known))]
-            branches.append(Branch(self.name, draft.tokens[row].tolist(), keys, priors, draft.draft_probs[row]))
-        return branches
+        if draft.confidence is None:  # no signal of its own: calibrated by depth alone
+            keys = [(self.name, depth_bucket(j), None) for j in range(gamma)]
+            priors = [model_prior(j) for j in range(gamma)]
+        else:
+            keys = [(self.name, depth_bucket(j), round(float(c), 1)) for j, c in enumerate(draft.confidence)]
+            priors = draft.confidence.tolist()
+        return [Branch(self.name, draft.tokens[row].tolist(), keys, priors, draft.draft_probs[row])
+                for row in range(draft.tokens.shape[0])]
 
     def update(self, accepted: Accepted) -> None:
         self.drafter.update(accepted)

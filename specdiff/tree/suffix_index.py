@@ -2,11 +2,12 @@
 
 Why written here: arctic-inference's SuffixDecoding cache (the maintained implementation)
 is only a source distribution on PyPI (0.3.0), built with CMake into C++ extensions and vLLM
-custom ops against torch, and a full suffix tree in Python costs hundreds of bytes per token. This index stores the tokens (int32, documents
-separated by -1) and every position sorted by the ``max_ngram`` tokens before it, read
-backwards (8 bytes per token): the positions that follow any n-gram (n <= max_ngram) are then
-one contiguous range, found by binary search. 12 bytes per token in all; adding documents
-re-sorts (O(T log T)), so it suits a datastore built once and a stream of earlier outputs.
+custom ops against torch, and a full suffix tree in Python costs hundreds of bytes per token.
+This index stores the tokens (int32, documents separated by -1) and every position sorted by
+the ``max_ngram`` tokens before it, read backwards (8 bytes per token): the positions that
+follow any n-gram (n <= max_ngram) are then one contiguous range, found by binary search.
+12 bytes per token in all; adding documents re-sorts (O(T log T)), so it suits a datastore
+built once and a stream of earlier outputs.
 """
 
 from __future__ import annotations
