@@ -77,7 +77,7 @@ def test_interrupted_training_resumes_exactly(tiny_run, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert any(float(first[k].abs().sum()) > 0 for k in first if k.endswith("lora_B"))  # training moved them
     drafter, _ = load_drafter(str(straight))
-    assert drafter.network.config.num_layers == 2
+    assert drafter.network.config.num_hidden_layers == 2
     log = [json.loads(line) for line in (tmp_path / "straight" / "train.log").read_text().splitlines()]
     assert [row["stage"] for row in log] == ["adapt"] * 3 + ["align"] * 3
 

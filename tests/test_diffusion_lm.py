@@ -13,15 +13,16 @@ def test_whole_stack_with_causal_mask_reproduces_the_base_model(kind):
     base = tiny_causal_lm(kind, seed=3)
     network = diffusion_lm_from_causal_lm(base)
     ids = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(0))
-    hidden, _ = network(ids, torch.arange(12)[None], torch.ones(12, 12, dtype=torch.bool).tril()[None])
+    hidden = network(ids, torch.arange(12)[None], torch.ones(12, 12, dtype=torch.bool).tril()[None])
     assert torch.allclose(network.lm_head(hidden), base(ids).logits, atol=1e-5)
+    assert type(network.decoder) is type(base.model), "the base model's own transformers class"
 
 
 def test_truncated_stack_keeps_first_layers_and_head():
     base = tiny_causal_lm("llama", seed=3, layers=3)
     network = diffusion_lm_from_causal_lm(base, num_layers=1)
-    assert len(network.layers) == 1
-    assert torch.equal(network.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    assert len(network.decoder.layers) == 1 and network.config.num_hidden_layers == 1
+    assert network.decoder.layers[0].mlp.up_proj.weight.data_ptr() == base.model.layers[0].mlp.up_proj.weight.data_ptr()
     assert torch.equal(network.lm_head.weight, base.lm_head.weight)
 
 
@@ -34,6 +35,7 @@ def test_block_mask_is_prefix_causal_and_block_bidirectional():
         [1, 1, 1, 1, 1, 1, 1],
         [1, 1, 1, 1, 1, 1, 1],
     ]
+    assert block_attention_mask(num_past=2, num_causal=2, block=3, bidirectional=True).all()
 
 
 def test_chunks_cover_slots_left_to_right():
@@ -78,19 +80,25 @@ def test_one_pass_drafts_share_marginals_and_differ_in_tokens():
     assert len({tuple(row) for row in draft.tokens.tolist()}) > 1
 
 
-def test_adapters_change_block_rows_only():
+def test_adapters_are_peft_lora_and_change_block_rows_only():
+    from peft.tuners.lora import LoraLayer
+
     base = tiny_causal_lm("qwen2", seed=5)
     network = diffusion_lm_from_causal_lm(base)
     ids = torch.randint(0, 32, (1, 10), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(10, 10, dtype=torch.bool).tril()[None]
-    before, _ = network(ids, torch.arange(10)[None], mask, adapted_from=6)
-    network.add_lora(rank=4, alpha=8)
-    for module in network.modules():
-        if getattr(module, "lora_rank", 0):
-            torch.nn.init.normal_(module.lora_B)
-    after, _ = network(ids, torch.arange(10)[None], mask, adapted_from=6)
-    assert torch.allclose(before[:, :6], after[:, :6])
+    with torch.no_grad():
+        before = network(ids, torch.arange(10)[None], mask, adapted_from=6)
+        network.add_lora(rank=4, alpha=8)
+        assert isinstance(network.decoder.layers[0].self_attn.q_proj, LoraLayer)
+        for name, param in network.named_parameters():
+            if ".lora_B." in name:
+                torch.nn.init.normal_(param)
+        after = network(ids, torch.arange(10)[None], mask, adapted_from=6)
+        everywhere = network(ids, torch.arange(10)[None], mask, adapted_from=0)
+    assert torch.equal(before[:, :6], after[:, :6]), "prefix rows are exactly the base model's"
     assert not torch.allclose(before[:, 6:], after[:, 6:])
+    assert not torch.allclose(before[:, :6], everywhere[:, :6]), "without the gate the adapters act on every row"
 
 
 def test_drafters_cut_from_one_base_share_it_and_never_write_to_it(tiny_model_dir, tmp_path):
@@ -102,19 +110,19 @@ def test_drafters_cut_from_one_base_share_it_and_never_write_to_it(tiny_model_di
         return tmp_path / name
 
     alone, _ = load_diffusion_lm(saved("a", {"mask_embedding": torch.ones(32)}))
-    lora_a = dict(alone.named_parameters())["layers.0.self_attn.q_proj.lora_B"]
+    lora_b = dict(alone.named_parameters())["decoder.layers.0.self_attn.q_proj.lora_B.default.weight"]
     changed_norm = {"mask_embedding": torch.ones(32), "norm.weight": torch.full((32,), 3.0),
-                    "layers.0.self_attn.q_proj.lora_B": torch.ones_like(lora_a)}
+                    "layers.0.self_attn.q_proj.lora_B": torch.ones_like(lora_b)}
     pool: dict = {}
     first, _ = load_diffusion_lm(tmp_path / "a", base_models=pool)
     second, _ = load_diffusion_lm(saved("b", changed_norm), base_models=pool)
     base, _ = next(iter(pool.values()))
-    assert first.layers[0].mlp.up_proj.weight.data_ptr() == second.layers[0].mlp.up_proj.weight.data_ptr() == \
-        base.model.layers[0].mlp.up_proj.weight.data_ptr(), "one copy of the base weights"
-    assert torch.equal(base.model.norm.weight, alone.norm.weight), "a drafter's delta never writes into the base"
-    assert torch.equal(first.norm.weight, alone.norm.weight) and (second.norm.weight == 3.0).all()
+    up = [network.decoder.layers[0].mlp.up_proj.base_layer.weight.data_ptr() for network in (first, second)]
+    assert up[0] == up[1] == base.model.layers[0].mlp.up_proj.weight.data_ptr(), "one copy of the base weights"
+    assert torch.equal(base.model.norm.weight, alone.decoder.norm.weight), "a drafter's delta never writes into the base"
+    assert torch.equal(first.decoder.norm.weight, alone.decoder.norm.weight) and (second.decoder.norm.weight == 3.0).all()
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     positions = torch.arange(5)[None]
     mask = torch.ones(1, 5, 5, dtype=torch.bool).tril()
     with torch.no_grad():
-        torch.testing.assert_close(first(ids, positions, mask)[0], alone(ids, positions, mask)[0], rtol=0, atol=0)
+        torch.testing.assert_close(first(ids, positions, mask), alone(ids, positions, mask), rtol=0, atol=0)

@@ -28,20 +28,21 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import nn
+from transformers import DynamicCache
 
 from specdiff.calibrate.data import TeacherSequences, TextSequences, step_rng, window_starts
 from specdiff.calibrate.loop import StepLog, adamw_with_warmup, init_distributed
 from specdiff.calibrate.losses import window_loss
-from specdiff.calibrate.windows import WindowBatch, make_windows
-from specdiff.drafters.diffusion_network import DiffusionLM
+from specdiff.calibrate.windows import WindowBatch, make_full_windows, make_windows
+from specdiff.drafters.diffusion_lm import DiffusionLM, file_name, is_own_parameter
 from specdiff.drafters.files import DRAFTER_DELTAS, load_deltas, save_drafter
 from specdiff.models.tensor_files import load_plain
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    base: str = "qwen2.5-coder-0.5b-instruct"
-    num_layers: int = 24
+    base: str = "qwen2.5-coder-0.5b-instruct"  # a causal LM to cut, or a Dream-architecture diffusion LM
+    num_layers: int | None = None  # the base's first N layers (default: all)
     gamma: int = 16
     gsm8k: str = "../shared/data/gsm8k/train.jsonl"  # adaptation text (train split only)
     code_root: str = ""  # Python sources for adaptation text (default: the standard library)
@@ -73,11 +74,17 @@ class WindowObjective(nn.Module):
         self.network = network
 
     def forward(self, ids: torch.Tensor, windows: WindowBatch, loss_name: str):
-        seq_len = ids.shape[0]
-        with torch.no_grad():  # prefix rows are the frozen base model
-            causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()[None]
-            _, prefix_kv = self.network(ids[None], torch.arange(seq_len)[None], causal)
-        hidden, _ = self.network(windows.block_ids, windows.positions, windows.attn_mask, prefix_kv, adapted_from=0)
+        if windows.rows is None:  # causal prefix: one frozen base pass shared by every window
+            seq_len = ids.shape[0]
+            prefix = DynamicCache(config=self.network.config)
+            with torch.no_grad():
+                causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()[None]
+                self.network(ids[None], torch.arange(seq_len)[None], causal, prefix)  # no rows adapted
+            prefix.batch_repeat_interleave(len(windows.block_ids))
+            hidden = self.network(windows.block_ids, windows.positions, windows.attn_mask, prefix, adapted_from=0)
+        else:  # bidirectional: each window is a pass of its own
+            hidden = self.network(windows.block_ids, windows.positions, windows.attn_mask, adapted_from=0)
+            hidden = hidden.gather(1, windows.rows[..., None].expand(-1, -1, hidden.shape[-1]))
         log_probs = self.network.lm_head(hidden).float().log_softmax(-1)  # [W, gamma, vocab]
         log_q = log_probs.gather(-1, windows.targets[..., None])[..., 0]
         greedy_hit = (log_probs.argmax(-1) == windows.targets).float() * windows.valid
@@ -85,11 +92,12 @@ class WindowObjective(nn.Module):
 
 
 def trainable_state(network: DiffusionLM) -> dict[str, torch.Tensor]:
-    return {name: p.detach() for name, p in network.named_parameters() if p.requires_grad}
+    """The trained tensors, under the names drafter files use."""
+    return {file_name(name): p.detach() for name, p in network.named_parameters() if p.requires_grad}
 
 
-def drafter_config(cfg: TrainConfig, step: int) -> dict:
-    return {"format": "specdiff-diffusion-drafter", "base": cfg.base, "num_layers": cfg.num_layers,
+def drafter_config(cfg: TrainConfig, step: int, num_layers: int) -> dict:
+    return {"format": "specdiff-diffusion-drafter", "base": cfg.base, "num_layers": num_layers,
             "gamma": cfg.gamma, "lora": {"r": cfg.lora_rank, "alpha": cfg.lora_alpha},
             "training": {**asdict(cfg), "steps_done": step}}
 
@@ -98,7 +106,7 @@ def save_checkpoint(out: Path, cfg: TrainConfig, network, optimizer, scheduler, 
     final = out / f"checkpoint-{step:06d}"
     partial = out / f".partial-{step:06d}"
     shutil.rmtree(partial, ignore_errors=True)
-    save_drafter(partial, trainable_state(network), drafter_config(cfg, step))
+    save_drafter(partial, trainable_state(network), drafter_config(cfg, step, network.config.num_hidden_layers))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
                partial / "trainer.pt")
     os.replace(partial, final)  # a checkpoint exists only once complete
@@ -143,17 +151,23 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def build_network(cfg: TrainConfig):
+    """The drafter to train: cut from a causal LM, or a Dream-architecture diffusion LM
+    (bidirectional; adapters then act on every row), with fresh LoRA adapters."""
+    from specdiff.drafters.dream import is_masked_diffusion_lm, load_dream
     from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
     from specdiff.models.loading import load_causal_lm
 
-    base, tokenizer = load_causal_lm(cfg.base)
-    network = diffusion_lm_from_causal_lm(base, cfg.num_layers)
-    del base
+    if is_masked_diffusion_lm(cfg.base):
+        network, tokenizer = load_dream(cfg.base, num_layers=cfg.num_layers)
+    else:
+        base, tokenizer = load_causal_lm(cfg.base)
+        network = diffusion_lm_from_causal_lm(base, cfg.num_layers)
+        del base
     network.add_lora(cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
     if cfg.init_from:
         load_deltas(network, load_file(str(Path(cfg.init_from) / DRAFTER_DELTAS)), None)
     for name, param in network.named_parameters():
-        param.requires_grad = name.endswith((".lora_A", ".lora_B")) or name == "mask_embedding"
+        param.requires_grad = is_own_parameter(name)
     return network, tokenizer
 
 
@@ -205,8 +219,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
         for data_rank in range(rank * cfg.data_ranks, (rank + 1) * cfg.data_ranks):
             rng = step_rng(cfg.seed, step, data_rank)
             sequence = (adapt if adapting else align).draw(rng)
-            windows = make_windows(sequence.ids, window_starts(sequence, cfg.windows_per_step, rng), cfg.gamma,
-                                   network.config.mask_token_id)
+            windows = (make_full_windows if network.bidirectional else make_windows)(
+                sequence.ids, window_starts(sequence, cfg.windows_per_step, rng), cfg.gamma, network.mask_token_id)
             loss, log_q, greedy_hit = model(sequence.ids, windows, "ce" if adapting else cfg.align_loss)
             (loss / cfg.data_ranks).backward()  # DDP then averages over processes
         optimizer.step()
@@ -222,7 +236,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
     final = out / "final"
     if rank == 0:
         deltas = {name: t.to(torch.bfloat16) for name, t in trainable_state(network).items()}
-        save_drafter(final, deltas, drafter_config(cfg, step))
+        save_drafter(final, deltas, drafter_config(cfg, step, network.config.num_hidden_layers))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -22,6 +22,9 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, SamplingConfig)
     parser.add_argument("--draft-temperature", type=float, default=None,
                         help="drafter temperature (default: the verifier's)")
+    parser.add_argument("--draft-top-k", type=int, default=0,
+                        help="sampled drafts come from each slot's k most likely tokens (0 = all; the SpecDiff-2 "
+                             "reference drafts with --draft-temperature 1 --draft-top-k 64)")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +59,10 @@ def decoding_config(args):
     with naming_flag("--temperature/--top-k/--top-p"):
         sampling = dataclass_from_args(SamplingConfig, args)
     draft_sampling = None
-    if args.draft_temperature is not None:
-        with naming_flag("--draft-temperature"):
-            draft_sampling = SamplingConfig(temperature=args.draft_temperature)
+    if args.draft_temperature is not None or args.draft_top_k:
+        with naming_flag("--draft-temperature/--draft-top-k"):
+            temperature = sampling.temperature if args.draft_temperature is None else args.draft_temperature
+            draft_sampling = SamplingConfig(temperature=temperature, top_k=args.draft_top_k)
     return dataclass_from_args(DecodingConfig, args, sampling=sampling, draft_sampling=draft_sampling)
 
 
@@ -67,16 +71,17 @@ def load_pair(args, load_drafter_model: bool = True):
     and the drafter spec are checked before any model loads."""
     from specdiff.config_args import dataclass_from_args
     from specdiff.drafters.loading import DrafterConfig, check_drafter_spec, load_drafter
-    from specdiff.models.loading import check_same_tokenizer, load_causal_lm
+    from specdiff.models.loading import check_same_tokenizer, load_causal_lm, load_tokenizer
 
     drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
     wanted = load_drafter_model and args.drafter.lower() != "none"
     if wanted:
-        check_drafter_spec(args.drafter)
+        check_drafter_spec(args.drafter, load_tokenizer(args.verifier))
     model, tokenizer = load_causal_lm(args.verifier, args.dtype)
     drafter = None
     if wanted:
-        drafter, drafter_tokenizer = load_drafter(args.drafter, drafter_config, args.dtype, model)
+        drafter, drafter_tokenizer = load_drafter(args.drafter, drafter_config, args.dtype, model,
+                                                  verifier_tokenizer=tokenizer)
         if drafter_tokenizer is not None:  # DFlash drafters use the verifier's own embedding and head
             check_same_tokenizer(tokenizer, drafter_tokenizer)
     return model, tokenizer, drafter

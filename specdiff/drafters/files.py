@@ -17,10 +17,9 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from specdiff.drafters.diffusion_network import DiffusionLM
+from specdiff.drafters.diffusion_lm import DiffusionLM, is_own_parameter, parameters_by_file_name
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 
-OWN_PARAMETERS = (".lora_A", ".lora_B", "mask_embedding")  # what a drafter adds to its base
 DRAFTER_CONFIG = "drafter.json"
 DRAFTER_DELTAS = "deltas.safetensors"
 SHIPPED_DRAFTERS = {
@@ -47,27 +46,29 @@ def save_drafter(folder: Path, deltas: dict[str, torch.Tensor], config: dict) ->
 
 
 def load_deltas(network: DiffusionLM, deltas: dict[str, torch.Tensor], lora: dict | None) -> None:
-    """Attach adapters (if ``lora``) and overwrite the named parameters with ``deltas``.
+    """Attach adapters (if ``lora`` and none are attached) and overwrite the named parameters
+    with ``deltas`` (named as :func:`specdiff.drafters.diffusion_lm.file_name` says).
 
     Adapters stay unmerged: they act on draft-block rows only, while prefix rows use the
-    base weights (see ``BlockLoRALinear``). The drafter's own parameters (adapters, MASK
-    embedding) are written in place; a delta of a base weight gets a tensor of its own,
-    because base weights are shared with the base model (and other drafters cut from it)."""
-    if lora and not any(name.endswith(".lora_A") for name, _ in network.named_parameters()):
+    base weights. The drafter's own parameters (adapters, MASK embedding) are written in
+    place; a delta of a base weight gets a tensor of its own, because base weights are
+    shared with the base model (and other drafters cut from it)."""
+    if lora and network.lora is None:
         network.add_lora(lora["r"], lora["alpha"])
-    params = dict(network.named_parameters())
+    params = parameters_by_file_name(network)
     unknown = sorted(set(deltas) - set(params))
     if unknown:
         raise ValueError(f"drafter deltas name parameters the network lacks: {unknown[:3]} ...")
     with torch.no_grad():
-        for name, tensor in deltas.items():
-            if name.endswith(OWN_PARAMETERS):
-                params[name].copy_(tensor.to(params[name].dtype))
+        for key, tensor in deltas.items():
+            name, param = params[key]
+            if is_own_parameter(name):
+                param.copy_(tensor.to(param.dtype))
             else:
                 owner, _, leaf = name.rpartition(".")
                 module = network.get_submodule(owner) if owner else network
-                module._parameters[leaf] = nn.Parameter(tensor.to(params[name].dtype).clone(),
-                                                        requires_grad=params[name].requires_grad)
+                module._parameters[leaf] = nn.Parameter(tensor.to(param.dtype).clone(),
+                                                        requires_grad=param.requires_grad)
 
 
 def check_drafter_files(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -87,20 +88,25 @@ def check_drafter_files(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def load_diffusion_lm(folder: Path, dtype: str = "float32", base_models: dict | None = None):
-    """(network, tokenizer) of a saved drafter: base layers plus the saved deltas. With
-    ``base_models`` (a dict the caller keeps: (spec, dtype) -> (model, tokenizer)) drafters
-    cut from the same base share its weights instead of each loading a copy."""
+    """(network, tokenizer) of a saved drafter: base layers plus the saved deltas. The base is
+    a causal LM cut to ``num_layers`` or a Dream-architecture model. With ``base_models`` (a
+    dict the caller keeps: (spec, dtype) -> (model, tokenizer)) drafters cut from the same
+    causal LM share its weights instead of each loading a copy."""
+    from specdiff.drafters.dream import is_masked_diffusion_lm, load_dream
     from specdiff.models.loading import load_causal_lm
 
     config, deltas = check_drafter_files(folder)
-    key = (config["base"], dtype)
-    if base_models is not None and key in base_models:
-        base, tokenizer = base_models[key]
+    if is_masked_diffusion_lm(config["base"]):
+        network, tokenizer = load_dream(config["base"], dtype, config["num_layers"])
     else:
-        base, tokenizer = load_causal_lm(config["base"], dtype)
-        if base_models is not None:
-            base_models[key] = (base, tokenizer)
-    network = diffusion_lm_from_causal_lm(base, config["num_layers"])
-    del base
+        key = (config["base"], dtype)
+        if base_models is not None and key in base_models:
+            base, tokenizer = base_models[key]
+        else:
+            base, tokenizer = load_causal_lm(config["base"], dtype)
+            if base_models is not None:
+                base_models[key] = (base, tokenizer)
+        network = diffusion_lm_from_causal_lm(base, config["num_layers"])
+        del base
     load_deltas(network, deltas, config.get("lora"))
     return network.eval(), tokenizer

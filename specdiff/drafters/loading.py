@@ -1,6 +1,7 @@
-"""Build a drafter from a spec: a shipped or saved diffusion drafter, a DFlash-layout
-drafter folder (conditioned on the verifier's hidden states), an untrained diffusion or
-DFlash drafter, or an autoregressive causal LM."""
+"""Build a drafter from a spec: a shipped or saved diffusion drafter, a published
+Dream-architecture diffusion LM (Dream, DiffuCoder), a DFlash-layout drafter folder
+(conditioned on the verifier's hidden states), an untrained diffusion or DFlash drafter, or an
+autoregressive causal LM."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from specdiff.drafters import AutoregressiveDrafter, DiffusionDrafter
 from specdiff.drafters.conditioned import ConditionedDrafter
 from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_dflash
 from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
+from specdiff.drafters.diffusion import PREFIX_MODES
+from specdiff.drafters.dream import check_dream, is_masked_diffusion_lm, load_dream, read_config
 from specdiff.drafters.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, load_diffusion_lm, shipped_drafter_dir
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, dflash_drafter_folder
@@ -29,7 +32,8 @@ class DrafterConfig:
 
     kind: str = field(default="auto", metadata={
         "choices": DRAFTER_KINDS,
-        "help": "auto recognises saved folders; diffusion: cut an untrained diffusion drafter from a causal LM; "
+        "help": "auto recognises saved folders and Dream-architecture diffusion LMs (Dream, DiffuCoder); "
+                "diffusion: cut an untrained diffusion drafter from a causal LM; "
                 "dflash: an untrained DFlash drafter for the verifier --drafter names"})
     layers: int | None = field(default=None, metadata={
         "help": "layers of an untrained drafter (diffusion: cut from the causal LM, default all; dflash: 1)"})
@@ -40,6 +44,14 @@ class DrafterConfig:
         "help": "standalone diffusion drafters: draft only among the N lowest token ids (BPE merge order, "
                 "roughly frequency): a smaller LM head; other tokens get draft probability 0, so output stays "
                 "lossless"})
+    prefix: str = field(default="exact", metadata={
+        "choices": PREFIX_MODES,
+        "help": "bidirectional drafters (Dream, DiffuCoder): exact recomputes the prefix on every draft, as the "
+                "SpecDiff-2 reference does; approximate reuses the prefix's keys and values from the pass that "
+                "first computed them, recomputed every --drafter-prefix-refresh drafts (cheaper drafts, lower "
+                "acceptance, still lossless)"})
+    prefix_refresh: int = field(default=8, metadata={
+        "help": "approximate prefix: recompute the whole prefix every N draft calls"})
     weights: str = field(default="auto", metadata={
         "choices": DRAFTER_WEIGHTS,
         "help": "int8: the drafter's own linear layers compute with int8 weights (per-row scales): draft calls "
@@ -57,6 +69,10 @@ class DrafterConfig:
             raise ValueError(f"--drafter-vocab must be >= 1, got {self.vocab}")
         if self.weights not in DRAFTER_WEIGHTS:
             raise ValueError(f"drafter weights must be one of {', '.join(DRAFTER_WEIGHTS)}, got {self.weights!r}")
+        if self.prefix not in PREFIX_MODES:
+            raise ValueError(f"drafter prefix mode must be one of {', '.join(PREFIX_MODES)}, got {self.prefix!r}")
+        if self.prefix_refresh < 1:
+            raise ValueError(f"--drafter-prefix-refresh must be >= 1 draft call, got {self.prefix_refresh}")
         if self.block_size < 2:
             raise ValueError(f"drafter block size must be >= 2 (the last token and one slot), got {self.block_size}")
 
@@ -70,19 +86,24 @@ def diffusion_folder(spec: str) -> Path | None:
     return folder if (folder / DRAFTER_CONFIG).is_file() else None
 
 
-def check_drafter_spec(spec: str) -> None:
-    """Fail at once (before any model loads) when ``spec`` names no drafter that can be found."""
+def check_drafter_spec(spec: str, verifier_tokenizer=None) -> None:
+    """Fail at once (before any model loads) when ``spec`` names no drafter that can be found,
+    or a diffusion LM that cannot draft (for the verifier whose tokenizer is given)."""
     if diffusion_folder(spec) is None and not is_dflash_folder(spec) and spec not in SHIPPED_DFLASH:
+        if is_masked_diffusion_lm(spec):
+            check_dream(spec, read_config(spec), verifier_tokenizer=verifier_tokenizer)
+            return
         resolve_model_folder(spec, other_names=(*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, "none"))
 
 
 def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str = "float32", verifier_model=None,
-                 base_models: dict | None = None):
+                 base_models: dict | None = None, verifier_tokenizer=None):
     """(drafter, tokenizer or None); see :func:`_build_drafter`. With ``config.weights`` int8
     the drafter's own network (never the verifier's layers a DFlash drafter reads) computes
     with int8 weights. ``base_models``: see :func:`load_diffusion_lm` (diffusion drafters
-    cut from the same base then share its weights)."""
-    drafter, tokenizer = _build_drafter(spec, config, dtype, verifier_model, base_models)
+    cut from the same base then share its weights). ``verifier_tokenizer``: a Dream-architecture
+    drafter is checked against it before its weights load."""
+    drafter, tokenizer = _build_drafter(spec, config, dtype, verifier_model, base_models, verifier_tokenizer)
     if config.vocab is not None:
         if not isinstance(drafter, DiffusionDrafter):
             raise ValueError("--drafter-vocab applies to standalone diffusion drafters only")
@@ -94,11 +115,12 @@ def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str 
     return drafter, tokenizer
 
 
-def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model, base_models: dict | None):
+def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model, base_models: dict | None,
+                   verifier_tokenizer=None):
     """(drafter, tokenizer or None).
 
-    kind "auto": a saved diffusion drafter or a DFlash folder if ``spec`` names one, else an
-    autoregressive drafter. kind "diffusion" with a causal LM spec: an untrained (not
+    kind "auto": a saved diffusion drafter, a Dream-architecture diffusion LM or a DFlash folder
+    if ``spec`` names one, else an autoregressive drafter. kind "diffusion" with a causal LM spec: an untrained (not
     adapted) diffusion drafter from its first ``config.layers`` layers (default: all). kind
     "dflash" with a causal LM spec (the verifier): an untrained DFlash drafter of
     ``config.layers`` layers (default 1) for it. DFlash drafters use the verifier's embedding
@@ -112,13 +134,22 @@ def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model,
     if kind == "dflash":
         _need_verifier(verifier_model)
         return untrained_dflash(spec, verifier_model, num_layers or 1, config.block_size, dtype), None
+    vocab_size = None if verifier_model is None else verifier_model.config.vocab_size
+
+    def diffusion_drafter(network):
+        return DiffusionDrafter(network, steps=steps, vocab_size=vocab_size, prefix=config.prefix,
+                                prefix_refresh=config.prefix_refresh)
+
     folder = diffusion_folder(spec)
     if folder is not None and kind in ("auto", "diffusion"):
         network, tokenizer = load_diffusion_lm(folder, dtype, base_models)
-        return DiffusionDrafter(network, steps=steps), tokenizer
+        return diffusion_drafter(network), tokenizer
+    if kind in ("auto", "diffusion") and is_masked_diffusion_lm(spec):
+        network, tokenizer = load_dream(spec, dtype, num_layers, verifier_tokenizer=verifier_tokenizer)
+        return diffusion_drafter(network), tokenizer
     model, tokenizer = load_causal_lm(spec, dtype, other_names=(*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, "none"))
     if kind == "diffusion":
-        return DiffusionDrafter(diffusion_lm_from_causal_lm(model, num_layers), steps=steps), tokenizer
+        return diffusion_drafter(diffusion_lm_from_causal_lm(model, num_layers)), tokenizer
     return AutoregressiveDrafter(model), tokenizer
 
 

@@ -161,13 +161,22 @@ def quantize_linears(model: nn.Module) -> int:
 
 
 def use_fast_linear(model: nn.Module) -> nn.Module:
-    """Swap every plain ``nn.Linear`` in ``model`` for a :class:`FastLinear` sharing its
-    parameters. Returns ``model`` (changed in place)."""
-    for parent in list(model.modules()):
+    """Swap every plain ``nn.Linear`` in ``model`` (or ``model`` itself, if it is one) for a
+    :class:`FastLinear` sharing its parameters. Adapter factors (peft's ``lora_A``/``lora_B``:
+    rank-r products, too small to gain) stay as they are. Returns the swapped model (changed
+    in place, except when ``model`` itself is swapped)."""
+    if type(model) is nn.Linear:
+        return _as_fast(model)
+    for parent_name, parent in list(model.named_modules()):
+        if parent_name.rpartition(".")[2] in ADAPTER_FACTORS:
+            continue
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 parent._modules[name] = _as_fast(child)
     return model
+
+
+ADAPTER_FACTORS = ("lora_A", "lora_B")
 
 
 @contextmanager

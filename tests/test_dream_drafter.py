@@ -1,0 +1,153 @@
+"""Dream-architecture drafters (Dream, DiffuCoder) on transformers' Qwen2Model, against the
+logits Dream's own modeling code computed (tests/fixtures/dream, made by make_fixtures.py)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_causal_lm, tiny_tokenizer
+from safetensors.torch import load_file
+
+from specdiff import DecodingConfig, DiffusionDrafter, Verifier, autoregressive_generate, speculative_generate
+from specdiff.drafters.base import Accepted
+from specdiff.drafters.dream import is_masked_diffusion_lm, load_dream
+from specdiff.sampling import SamplingConfig
+
+FIXTURES = Path(__file__).parent / "fixtures" / "dream"
+NAMES = ["dream-tiny-gqa", "dream-tiny-mha-tied"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loader_reproduces_dreams_own_logits(name):
+    network, _ = load_dream(str(FIXTURES / name))
+    reference = load_file(str(FIXTURES / name / "reference.safetensors"))
+    ids = reference["input_ids"]
+    positions = torch.arange(ids.shape[1])[None].expand(len(ids), -1)
+    full = torch.ones(1, ids.shape[1], ids.shape[1], dtype=torch.bool)
+    with torch.no_grad():
+        logits = network.lm_head(network(ids, positions, full)).float()
+        causal = network.lm_head(network(ids, positions, full.tril())).float()
+    difference = (logits - reference["logits"]).abs().max().item()
+    assert difference <= 1e-5, f"max abs difference {difference:.2e} from Dream's code"
+    assert (causal - reference["logits"]).abs().max().item() > 1e-2, "the check sees the attention pattern"
+    assert type(network.decoder).__name__ == "Qwen2Model" and network.bidirectional
+    assert network.mask_token_id == json.loads((FIXTURES / name / "config.json").read_text())["mask_token_id"]
+
+
+def dream_drafter(name="dream-tiny-gqa", vocab_size=None, **options):
+    network, _ = load_dream(str(FIXTURES / name))
+    return DiffusionDrafter(network, vocab_size=vocab_size, **options)
+
+
+@pytest.mark.parametrize("options", [dict(prefix="exact"), dict(prefix="approximate", prefix_refresh=3),
+                                     dict(prefix="exact", steps=2)])
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_greedy_with_a_dream_drafter_equals_plain_greedy(options, gamma):
+    verifier = Verifier(tiny_causal_lm("llama", seed=0, logit_scale=30.0))
+    drafter = dream_drafter(vocab_size=verifier.vocab_size, **options)
+    prompt = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    config = DecodingConfig(gamma=gamma, max_new_tokens=24)
+    plain = autoregressive_generate(prompt, verifier, config)
+    assert speculative_generate(prompt, drafter, verifier, config).tokens == plain.tokens
+
+
+def test_exact_prefix_recomputes_and_approximate_prefix_reuses():
+    """Exact: a drafter stepped along a sequence drafts what a fresh one drafts. Approximate:
+    the prefix is kept (cheaper) until the refresh, so its marginals drift from the exact ones."""
+    sequence = [1, 5, 9, 2, 7, 3, 8, 4, 6, 10, 11, 12]
+    greedy = SamplingConfig()
+    exact, approximate = dream_drafter(prefix="exact"), dream_drafter(prefix="approximate", prefix_refresh=100)
+    for drafter in (exact, approximate):
+        drafter.start(sequence[:4])
+        drafter.draft(3, greedy)
+        drafter.update(Accepted(sequence[4:8], candidate=0, num_accepted=3))
+    fresh = dream_drafter(prefix="exact")
+    fresh.start(sequence[:8])
+    expected = fresh.draft(3, greedy, num_drafts=1).confidence
+    assert torch.allclose(exact.draft(3, greedy).confidence, expected, atol=1e-6)
+    assert approximate._num_cached == 3, "the first pass's prefix rows were kept"
+    assert not torch.allclose(approximate.draft(3, greedy).confidence, expected, atol=1e-4)
+    assert approximate._num_cached == 7
+
+
+def test_mask_token_and_padded_vocabulary_are_never_drafted():
+    drafter = dream_drafter(vocab_size=32)
+    drafter.start([1, 2, 3])
+    draft = drafter.draft(4, SamplingConfig(temperature=1.0), num_drafts=64, generator=torch.Generator().manual_seed(0))
+    assert draft.draft_probs.shape[-1] == 32 and int(draft.tokens.max()) < 32
+    unclipped = dream_drafter()
+    unclipped.start([1, 2, 3])
+    probs = unclipped.draft(4, SamplingConfig(temperature=1.0)).draft_probs
+    assert probs[..., unclipped.network.mask_token_id].max() == 0
+
+
+def copy_fixture(tmp_path, change: dict | None = None, name="dream-tiny-gqa") -> Path:
+    folder = tmp_path / name
+    shutil.copytree(FIXTURES / name, folder)
+    if change:
+        config = json.loads((folder / "config.json").read_text())
+        config.update(change)
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model_type="llada", vocab_size=126464), "126K-token tokenizer"),
+    (dict(mask_token_id=None), "no mask_token_id"),
+    (dict(mask_token_id=999), "no mask_token_id inside its vocabulary"),
+    (dict(hidden_size=64), "weights do not fit its config"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope scaling"),
+])
+def test_unfit_checkpoints_are_refused_before_weights_load(tmp_path, monkeypatch, change, message):
+    folder = copy_fixture(tmp_path, change)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded before the checkpoint was checked")
+
+    monkeypatch.setattr("safetensors.torch.load_file", no_loading)
+    assert is_masked_diffusion_lm(str(folder))
+    with pytest.raises(ValueError, match=message) as refused:
+        load_dream(str(folder))
+    assert "\n" not in str(refused.value)
+
+
+def test_a_tokenizer_that_differs_from_the_verifiers_is_refused(tmp_path):
+    verifier_tokenizer = tiny_tokenizer()
+    load_dream(str(FIXTURES / "dream-tiny-gqa"), verifier_tokenizer=verifier_tokenizer)  # the fixture shares it
+    folder = copy_fixture(tmp_path)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ValueError, match="tokenizer differs from the verifier's"):
+        load_dream(str(folder), verifier_tokenizer=verifier_tokenizer)
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    folder = copy_fixture(tmp_path)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="no complete safetensors weights"):
+        load_dream(str(folder))
+
+
+def test_generate_refuses_llada_in_one_line(tmp_path, tiny_model_dir, capsys):
+    from specdiff.cli import main
+
+    folder = copy_fixture(tmp_path, dict(model_type="llada"))
+    assert main(["generate", "--verifier", str(tiny_model_dir), "--drafter", str(folder), "--prompt", "ab"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "126K-token tokenizer" in error and len(error.splitlines()) == 1
+
+
+def test_generate_drafts_with_a_dream_folder(tmp_path, tiny_model_dir, capsys):
+    from specdiff.cli import main
+
+    args = ["generate", "--verifier", str(tiny_model_dir), "--prompt", "abc", "--raw", "--max-new-tokens", "12",
+            "--json", "--sources", "diffusion"]
+    assert main([*args, "--drafter", str(FIXTURES / "dream-tiny-gqa")]) == 0
+    drafted = json.loads(capsys.readouterr().out)
+    assert main([*args, "--drafter", "none"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert drafted["token_ids"] == plain["token_ids"] and drafted["draft_seconds"] > 0
