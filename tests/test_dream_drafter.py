@@ -151,3 +151,26 @@ def test_generate_drafts_with_a_dream_folder(tmp_path, tiny_model_dir, capsys):
     assert main([*args, "--drafter", "none"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert drafted["token_ids"] == plain["token_ids"] and drafted["draft_seconds"] > 0
+
+
+def test_draft_top_k_keeps_each_slots_k_most_likely_tokens():
+    drafter = dream_drafter(vocab_size=32)
+    drafter.start([1, 2, 3])
+    draft = drafter.draft(4, SamplingConfig(temperature=1.0, top_k=3), num_drafts=200,
+                          generator=torch.Generator().manual_seed(0))
+    assert ((draft.draft_probs > 0).sum(-1) == 3).all()
+    drawn = draft.draft_probs[0].gather(-1, draft.tokens.T[..., None].expand(-1, -1, 1).reshape(4, -1))
+    assert (drawn > 0).all(), "every sampled token is one of its slot's top 3"
+
+
+def test_the_reference_draft_settings_are_selectable():
+    import argparse
+
+    from specdiff.commands.generate import add_decoding_args, decoding_config
+
+    parser = argparse.ArgumentParser()
+    add_decoding_args(parser)
+    config = decoding_config(parser.parse_args(["--temperature", "0.7", "--draft-temperature", "1", "--draft-top-k",
+                                                "64", "--num-drafts", "4"]))
+    assert config.draft_sampling == SamplingConfig(temperature=1.0, top_k=64) and config.sampling.temperature == 0.7
+    assert decoding_config(parser.parse_args(["--draft-top-k", "8"])).draft_sampling == SamplingConfig(top_k=8)

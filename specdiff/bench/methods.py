@@ -105,6 +105,7 @@ class MethodSettings:
     gamma: int = DecodingConfig.gamma  # draft length of the diffusion drafters
     num_drafts: int = 1  # K for specdiff2: on a 2-core CPU every K > 1 measured slower (README, "Choosing gamma and K")
     draft_temperature: float = 1.0  # drafter temperature for specdiff2 (K > 1, or any K when sampling)
+    draft_top_k: int = 0  # specdiff2's sampled drafts from each slot's k most likely tokens (reference: 64; 0 = all)
     argmax_candidate: bool = True  # greedy specdiff2 with K > 1: candidate 0 is the drafter's argmax draft
     temperature: float = 0.0  # the verifier's: 0 is greedy (outputs checked for equality), > 0 samples
     seed: int = 0  # sampling seed, the same for every method and prompt
@@ -205,11 +206,12 @@ def build_methods(names: list[str], model, tokenizer, settings: MethodSettings,
                 weights = {"int8": "int8", "fp32": "float32", None: DrafterConfig.weights}[suffix]
                 if (spec, weights) not in drafters:
                     drafters[(spec, weights)] = load_drafter(spec, DrafterConfig(weights=weights), verifier_model=model,
-                                                             base_models=base_models)[0]
+                                                             base_models=base_models, verifier_tokenizer=tokenizer)[0]
                 drafter = drafters[(spec, weights)]
                 num_drafts = int(k_suffix.group(2)) if k_suffix else settings.num_drafts if name == "specdiff2" else 1
                 sampled_drafts = num_drafts > 1 or settings.temperature > 0
-                draft_sampling = SamplingConfig(temperature=settings.draft_temperature) if sampled_drafts else greedy
+                draft_sampling = SamplingConfig(temperature=settings.draft_temperature, top_k=settings.draft_top_k) \
+                    if sampled_drafts else greedy
                 default_gamma = settings.gamma_dflash if family == "dflash" else settings.gamma
                 gamma = int(k_suffix.group(3)) if k_suffix and k_suffix.group(3) else default_gamma
                 config = engine_config(gamma=gamma, num_drafts=num_drafts, draft_sampling=draft_sampling,

@@ -123,7 +123,7 @@ def cmd_eval(args) -> int:
     from specdiff.calibrate.evaluate import replay_eval, verifier_trajectories
     from specdiff.drafters.dflash_files import is_dflash_folder
     from specdiff.drafters.loading import DrafterConfig, load_drafter
-    from specdiff.models.loading import load_causal_lm
+    from specdiff.models.loading import load_causal_lm, load_tokenizer
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,13 +133,15 @@ def cmd_eval(args) -> int:
     results = {}
     verifier_model = None  # DFlash drafters read its hidden states (one teacher-forced pass per trajectory)
     drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
+    verifier_tokenizer = load_tokenizer(args.verifier)  # Dream-architecture drafters are checked against it
     if drafter_config.kind == "dflash" or any(is_dflash_folder(spec) for spec in args.drafters):
         verifier_model, _ = load_causal_lm(args.verifier)
     for spec in args.drafters:
-        drafter, _ = load_drafter(spec, drafter_config, verifier_model=verifier_model)
+        drafter, _ = load_drafter(spec, drafter_config, verifier_model=verifier_model,
+                                  verifier_tokenizer=verifier_tokenizer)
         for num_drafts in args.num_drafts:
             stats = replay_eval(drafter, trajectories, args.gamma, num_drafts, args.draft_temperature, args.seed,
-                                verifier_model)
+                                verifier_model, args.draft_top_k)
             results[f"{spec} K={num_drafts}"] = stats.to_dict()
             acc = stats.acceptance_by_position
             print(f"{spec} K={num_drafts}: tau {stats.tau:.3f}, acceptance slot1..4 "
@@ -165,6 +167,8 @@ def register_eval(sub) -> None:
     evaluate.add_argument("--max-new-tokens", type=int, default=128)
     evaluate.add_argument("--num-drafts", type=int, nargs="+", default=[1])
     evaluate.add_argument("--draft-temperature", type=float, default=0.0)
+    evaluate.add_argument("--draft-top-k", type=int, default=0,
+                          help="sampled drafts from each slot's k most likely tokens (0 = all; reference: 64)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", required=True)
     evaluate.set_defaults(run=cmd_eval)

@@ -149,13 +149,13 @@ def verifier_trajectories(prompts, verifier_spec: str, max_new_tokens: int, out:
 
 
 def replay_eval(drafter, trajectories: dict[str, dict], gamma: int, num_drafts: int = 1,
-                draft_temperature: float = 0.0, seed: int = 0, verifier_model=None) -> ReplayStats:
+                draft_temperature: float = 0.0, seed: int = 0, verifier_model=None, draft_top_k: int = 0) -> ReplayStats:
     """Tau and acceptance by position of ``drafter`` over ``trajectories``. A drafter that
     reads hidden states needs ``verifier_model`` (one teacher-forced pass per trajectory)."""
     from specdiff.verifier import Verifier
 
     stats = ReplayStats(gamma)
-    sampling = SamplingConfig(temperature=draft_temperature)
+    sampling = SamplingConfig(temperature=draft_temperature, top_k=draft_top_k)
     for row in trajectories.values():
         features = None
         if drafter.feature_layers:
