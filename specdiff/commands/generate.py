@@ -60,8 +60,10 @@ def decoding_config(args):
         sampling = dataclass_from_args(SamplingConfig, args)
     draft_sampling = None
     if args.draft_temperature is not None or args.draft_top_k:
-        with naming_flag("--draft-temperature/--draft-top-k"):
-            temperature = sampling.temperature if args.draft_temperature is None else args.draft_temperature
+        temperature = sampling.temperature if args.draft_temperature is None else args.draft_temperature
+        with naming_flag("--draft-temperature"):
+            SamplingConfig(temperature=temperature)
+        with naming_flag("--draft-top-k"):
             draft_sampling = SamplingConfig(temperature=temperature, top_k=args.draft_top_k)
     return dataclass_from_args(DecodingConfig, args, sampling=sampling, draft_sampling=draft_sampling)
 
