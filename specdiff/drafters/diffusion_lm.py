@@ -14,8 +14,9 @@ i predicts token i + 1. Only what differs from a causal LM lives here:
   causally (ours, so their keys and values form an exact prefix cache);
 - block-only LoRA: adapters come from ``peft`` (``add_lora``), and a row gate lets them act on
   the draft block's rows only, so prefix rows, and the prefix cache, stay the base model's.
-  peft adapts every row of a call; the gate zeroes the adapter's input on prefix rows (a
-  forward pre-hook on each ``lora_A``), which makes their adapter term exactly zero.
+  peft adapts every row of a call; the gate (in peft's slot for the adapter's input dropout,
+  which is an identity here) zeroes the adapter's input on prefix rows, which makes their
+  adapter term exactly zero.
 """
 
 from __future__ import annotations
@@ -29,17 +30,16 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 ADAPTER = "default"  # peft's adapter name
 
 
-class RowGate:
-    """Adapters act on rows ``start`` and after of each call; earlier rows get exactly the base output."""
+class RowGate(nn.Module):
+    """Takes the place of peft's adapter-input dropout (an identity here): the adapter sees
+    the rows ``keep`` marks ([rows, 1], 1.0 or 0.0; None: every row) and zeros elsewhere, so
+    those rows get exactly the base output. A module in peft's own slot, not a hook: one
+    call fewer per adapted layer, which a 24-layer drafter's draft call feels on a CPU."""
 
-    start = 0
+    keep: Tensor | None = None
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
-        x = args[0]
-        if self.start <= 0:
-            return None
-        keep = torch.arange(x.shape[-2], device=x.device) >= self.start  # [rows]
-        return (x * keep[:, None].to(x.dtype),)
+    def forward(self, x: Tensor) -> Tensor:
+        return x if self.keep is None else x * self.keep.to(x.dtype)
 
 
 class DiffusionLM(nn.Module):
@@ -56,7 +56,7 @@ class DiffusionLM(nn.Module):
         self.mask_token_id = mask_token_id
         self.mask_embedding = None if mask_embedding is None else nn.Parameter(mask_embedding)
         self.bidirectional = bidirectional
-        self._gate = RowGate()
+        self._gate = RowGate()  # shared by every adapted layer
 
     @property
     def config(self):
@@ -82,9 +82,9 @@ class DiffusionLM(nn.Module):
         with torch.random.fork_rng():  # peft draws A from the global generator
             torch.manual_seed(seed)
             inject_adapter_in_model(config, self.decoder, adapter_name=ADAPTER)
-        for name, module in self.decoder.named_modules():
-            if name.endswith(f"lora_A.{ADAPTER}"):
-                module.register_forward_pre_hook(self._gate)
+        for module in list(self.decoder.modules()):
+            if isinstance(getattr(module, "lora_dropout", None), nn.ModuleDict):
+                module.lora_dropout[ADAPTER] = self._gate
         self._lora = {"r": rank, "alpha": float(alpha)}
 
     def embed(self, input_ids: Tensor) -> Tensor:
@@ -105,13 +105,14 @@ class DiffusionLM(nn.Module):
         dtype = self.decoder.get_input_embeddings().weight.dtype
         # A 4D additive mask: transformers passes it through unchanged; sdpa and eager both read it.
         additive = torch.zeros(attn_mask.shape, dtype=dtype).masked_fill(~attn_mask, torch.finfo(dtype).min)
-        self._gate.start = length if adapted_from is None else adapted_from
+        start = length if adapted_from is None else adapted_from
+        self._gate.keep = None if start <= 0 else (torch.arange(length) >= start).float()[:, None]
         try:
             output = self.decoder(inputs_embeds=self.embed(input_ids), position_ids=positions,
                                   attention_mask=additive[:, None].expand(batch, -1, -1, -1),
                                   use_cache=cache is not None, **{cache_keyword(type(self.decoder)): cache})
         finally:
-            self._gate.start = 0
+            self._gate.keep = None
         return output.last_hidden_state
 
 
