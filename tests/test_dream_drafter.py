@@ -174,3 +174,18 @@ def test_the_reference_draft_settings_are_selectable():
                                                 "64", "--num-drafts", "4"]))
     assert config.draft_sampling == SamplingConfig(temperature=1.0, top_k=64) and config.sampling.temperature == 0.7
     assert decoding_config(parser.parse_args(["--draft-top-k", "8"])).draft_sampling == SamplingConfig(top_k=8)
+
+
+def test_placeholders_for_unused_ids_are_not_tokens():
+    """A verifier tokenizer converted from GGUF names unused ids [PAD<id>]; Dream's mask id is one."""
+    from transformers import PreTrainedTokenizerFast
+
+    from specdiff.drafters.dream import check_tokenizer_fits, load_dream_tokenizer
+
+    verifier_tokenizer = tiny_tokenizer()
+    verifier_tokenizer.add_tokens(["[PAD32]", "[PAD33]"])  # ids 32 and 33: placeholders
+    assert isinstance(verifier_tokenizer, PreTrainedTokenizerFast)
+    check_tokenizer_fits("fixture", load_dream_tokenizer(str(FIXTURES / "dream-tiny-gqa")), verifier_tokenizer, 33)
+    verifier_tokenizer.add_tokens(["zz"])  # id 34: a real token the fixture lacks
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        check_tokenizer_fits("fixture", load_dream_tokenizer(str(FIXTURES / "dream-tiny-gqa")), verifier_tokenizer, 33)

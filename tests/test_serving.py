@@ -2,6 +2,7 @@
 drafter gets, refusals before a server starts, the command line, the environment, and the
 custom proposer's bookkeeping (a request's drafter state follows it across batch rows)."""
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,21 @@ def test_each_drafter_kind_gets_its_vllm_method(tmp_path, verifier_config):
     diffusion = speculative_setup("specdiff-qwen2.5-coder-1.5b", verifier_config, 4, steps=2)
     assert diffusion.config["method"] == "custom_class" and diffusion.config["model"] == PROPOSER_CLASS
     assert diffusion.environment["SPECDIFF_VLLM_DRAFTER_STEPS"] == "2"
+    dream = Path(__file__).parent / "fixtures" / "dream" / "dream-tiny-gqa"
+    served = speculative_setup(str(dream), verifier_config, 4, sources="lookup,diffusion")
+    assert served.config["model"] == PROPOSER_CLASS and served.environment["SPECDIFF_VLLM_DRAFTER"] == str(dream)
+
+
+def test_a_dream_architecture_model_that_cannot_draft_is_refused_before_any_server(tmp_path, verifier_config):
+    import json
+    import shutil
+
+    llada = tmp_path / "llada"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "dream" / "dream-tiny-gqa", llada)
+    config = json.loads((llada / "config.json").read_text())
+    (llada / "config.json").write_text(json.dumps({**config, "model_type": "llada"}))
+    with pytest.raises(ValueError, match="126K-token tokenizer"):
+        speculative_setup(str(llada), verifier_config)
 
 
 def test_drafters_that_cannot_be_served_are_refused_before_any_server(tmp_path, verifier_config):

@@ -21,7 +21,7 @@ import torch
 
 from specdiff.drafters.diffusion_lm import DiffusionLM
 from specdiff.drafters.from_causal_lm import build_decoder, decoder_config, output_head
-from specdiff.models.loading import DTYPES
+from specdiff.models.loading import DTYPES, real_vocabulary
 
 DREAM_TYPES = ("Dream",)
 # Masked-diffusion families that cannot draft for a Qwen or LLaMA verifier, and why.
@@ -92,8 +92,9 @@ def check_dream(spec: str, config: dict, verifier_tokenizer=None) -> dict[str, t
 
 def check_tokenizer_fits(spec: str, tokenizer, verifier_tokenizer, mask_id: int) -> None:
     """The verifier's tokens must keep their ids in the drafter's tokenizer, and the mask
-    token must not be one of them."""
-    drafter_vocab, verifier_vocab = tokenizer.get_vocab(), verifier_tokenizer.get_vocab()
+    token must not be one of them. Placeholders for unused ids (``[PAD151666]``, as a
+    tokenizer converted from GGUF names the rows past its vocabulary) are not tokens."""
+    drafter_vocab, verifier_vocab = tokenizer.get_vocab(), real_vocabulary(verifier_tokenizer)
     moved = [token for token, index in verifier_vocab.items() if drafter_vocab.get(token) != index]
     if moved:
         raise ValueError(f"{spec}: its tokenizer differs from the verifier's ({len(moved)} of {len(verifier_vocab)} "

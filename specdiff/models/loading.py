@@ -114,11 +114,17 @@ def _not_loadable(spec: str, error: Exception) -> str:
     )
 
 
+def real_vocabulary(tokenizer) -> dict[str, int]:
+    """token -> id, without placeholders for unused ids (``[PAD151666]``: how a tokenizer
+    converted from GGUF names the embedding rows past its vocabulary)."""
+    return {token: index for token, index in tokenizer.get_vocab().items() if token != f"[PAD{index}]"}
+
+
 def check_same_tokenizer(verifier_tokenizer, drafter_tokenizer) -> None:
     """Every verifier token must have the same id in the drafter's tokenizer (a drafter may
     add tokens of its own, as Dream adds its mask token)."""
     drafter_vocab = drafter_tokenizer.get_vocab()
-    if any(drafter_vocab.get(token) != index for token, index in verifier_tokenizer.get_vocab().items()):
+    if any(drafter_vocab.get(token) != index for token, index in real_vocabulary(verifier_tokenizer).items()):
         raise ValueError(
             "the drafter's tokenizer differs from the verifier's: speculative decoding needs a drafter "
             "that shares the verifier's tokenizer (e.g. qwen2.5-coder-0.5b-instruct for qwen2.5-coder-1.5b-instruct)"

@@ -92,11 +92,13 @@ class DiffusionProposer:
         if not isinstance(drafter, DiffusionDrafter):
             raise ValueError(f"{spec} is not a diffusion drafter")
         network, steps = drafter.network, drafter.steps
+        vocab_size = vllm_config.model_config.get_vocab_size()  # a Dream drafter's head is padded past it
         self.gamma = vllm_config.speculative_config.num_speculative_tokens
         self.max_model_len = vllm_config.model_config.max_model_len
         self.tree = TreeConfig(sources=os.environ.get(SOURCES_ENV, "diffusion"), max_nodes=self.gamma,
                                max_depth=self.gamma)
-        self.states = make_states(lambda: DiffusionDrafter(network, steps=steps), self.tree, network.config.vocab_size)
+        self.states = make_states(lambda: DiffusionDrafter(network, steps=steps, vocab_size=vocab_size), self.tree,
+                                  vocab_size)
         self._last_call: float | None = None
         self._last_chain = 0
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_dflash, read_config
 from specdiff.drafters.files import check_drafter_files
+from specdiff.drafters.dream import check_dream, is_masked_diffusion_lm
+from specdiff.drafters.dream import read_config as read_dream_config
 from specdiff.drafters.loading import diffusion_folder
 from specdiff.serving.proposer import DRAFTER_ENV, SOURCES_ENV, STEPS_ENV
 from specdiff.tree.config import TreeConfig
@@ -42,7 +44,8 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
     if gamma is not None and gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")
     tree = TreeConfig(sources=sources)
-    if sources != TreeConfig.sources and diffusion_folder(drafter) is None:
+    standalone = diffusion_folder(drafter) is not None or is_masked_diffusion_lm(drafter)
+    if sources != TreeConfig.sources and not standalone:
         raise ValueError("--sources applies to standalone diffusion drafters (served by specdiff's proposer); "
                          f"--drafter {drafter} drafts by itself")
     if drafter == "none":
@@ -64,7 +67,12 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
     diffusion = diffusion_folder(drafter)
     if diffusion is not None:
         check_drafter_files(diffusion)
+    elif is_masked_diffusion_lm(drafter):  # Dream, DiffuCoder: checked as generate checks them
+        check_dream(drafter, read_dream_config(drafter))
+        diffusion = drafter
+    if diffusion is not None:
         return SpeculativeSetup({"method": "custom_class", "model": PROPOSER_CLASS, "num_speculative_tokens": gamma},
                                 {DRAFTER_ENV: str(diffusion), STEPS_ENV: str(steps), SOURCES_ENV: tree.sources})
-    raise ValueError(f"--drafter {drafter!r} is not a DFlash folder, a diffusion drafter, 'ngram' or 'none' "
+    raise ValueError(f"--drafter {drafter!r} is not a DFlash folder, a diffusion drafter (ours, Dream or DiffuCoder), "
+                     "'ngram' or 'none' "
                      "(vLLM serves those; `specdiff models list` shows the shipped drafters)")
