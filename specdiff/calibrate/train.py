@@ -231,13 +231,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == stop_at):
             save_checkpoint(out, cfg, network, optimizer, scheduler, step)
     log.close()
-    if step < cfg.total_steps:
-        return None
+    # DDP's reducer holds the process group: drop it while the group lives, or its destructor
+    # (on this thread, holding the GIL) joins gloo threads that wait for the GIL (seen hanging).
+    del model
+    finished = step >= cfg.total_steps
     final = out / "final"
-    if rank == 0:
+    if finished and rank == 0:
         deltas = {name: t.to(torch.bfloat16) for name, t in trainable_state(network).items()}
         save_drafter(final, deltas, drafter_config(cfg, step, network.config.num_hidden_layers))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return final
+    return final if finished else None
