@@ -127,24 +127,24 @@ class DiffusionDrafter:
         rows join the cache when it is kept and the batch is one row.
 
         block_ids [K, block]. Returns hidden states [K, block, hidden]; row j predicts slot j."""
-        causal_tokens = self._tokens[self._num_cached:-1]
-        num_past, num_causal = self._num_cached, len(causal_tokens)
+        uncached = self._tokens[self._num_cached:-1]
+        num_past, num_uncached = self._num_cached, len(uncached)
         batch, block = block_ids.shape
-        causal_ids = torch.tensor([causal_tokens], dtype=torch.long).expand(batch, -1)
-        input_ids = torch.cat([causal_ids, block_ids], dim=1)
-        positions = torch.arange(num_past, num_past + num_causal + block)[None].expand(batch, -1)
-        mask = block_attention_mask(num_past, num_causal, block, self.network.bidirectional)
+        uncached_ids = torch.tensor([uncached], dtype=torch.long).expand(batch, -1)
+        input_ids = torch.cat([uncached_ids, block_ids], dim=1)
+        positions = torch.arange(num_past, num_past + num_uncached + block)[None].expand(batch, -1)
+        mask = block_attention_mask(num_past, num_uncached, block, self.network.bidirectional)
         cache = self._cache
         if batch > 1:  # K rows read one cached prefix: a private batch copy
             cache = copy.deepcopy(self._cache) if num_past else DynamicCache(config=self.network.config)
             if num_past:
                 cache.batch_repeat_interleave(batch)
-        adapted_from = 0 if self.network.bidirectional else num_causal
+        adapted_from = 0 if self.network.bidirectional else num_uncached
         hidden = self.network(input_ids, positions, mask, cache, adapted_from=adapted_from)
         if cache is self._cache:
-            self._num_cached = num_past + num_causal if self.keeps_prefix else num_past
+            self._num_cached = num_past + num_uncached if self.keeps_prefix else num_past
             _crop(self._cache, self._num_cached)
-        return hidden[:, num_causal:]
+        return hidden[:, num_uncached:]
 
     def _slot_logits(self, hidden: Tensor) -> Tensor:
         logits = self.network.lm_head(hidden).float()
