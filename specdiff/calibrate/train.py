@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,8 +41,9 @@ from specdiff.models.tensor_files import load_plain
 
 @dataclass(frozen=True)
 class TrainConfig:
-    base: str = "qwen2.5-coder-0.5b-instruct"  # a causal LM to cut, or a Dream-architecture diffusion LM
-    num_layers: int | None = None  # the base's first N layers (default: all)
+    base: str = field(default="qwen2.5-coder-0.5b-instruct", metadata={
+        "help": "a causal LM to cut a drafter from, or a Dream-architecture diffusion LM (Dream, DiffuCoder)"})
+    num_layers: int | None = field(default=None, metadata={"help": "the base's first N layers (none given: all)"})
     gamma: int = 16
     gsm8k: str = "../shared/data/gsm8k/train.jsonl"  # adaptation text (train split only)
     code_root: str = ""  # Python sources for adaptation text (default: the standard library)
