@@ -1,6 +1,7 @@
 """`specdiff bench` end to end on tiny models: records, summary, plots, equality check."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +219,19 @@ def test_draft_cost_table_for_every_layer_count_and_gamma(tiny_model_dir, tmp_pa
     assert all(r["draft_s"] > 0 and r["fraction_of_verify"] > 0 for r in result["rows"])
     table = capsys.readouterr().out
     assert "| 2 | " in table and "| LM head only | " in table
+
+
+def test_bench_drafts_with_a_dream_architecture_drafter(tiny_model_dir, tmp_path, capsys):
+    """specdiff2 with a Dream-architecture folder (the fixture built with Dream's own code),
+    sampled drafts from each slot's top 4, checked against the verifier's tokenizer."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "category": "code", "prompt": "def add(a, b):"}) + "\n")
+    dream = Path(__file__).parent / "fixtures" / "dream" / "dream-tiny-gqa"
+    out = tmp_path / "bench"
+    args = ["bench", "--dataset", "jsonl", "--data-path", str(prompts), "--verifier", str(tiny_model_dir),
+            "--methods", "ar,specdiff2", "--specdiff2-drafter", str(dream), "--num-drafts", "2",
+            "--draft-top-k", "4", "--gamma", "3", "--max-new-tokens", "12", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "equals ar's token for token" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == {"ar", "specdiff2"}
