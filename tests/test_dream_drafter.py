@@ -150,7 +150,7 @@ def test_generate_drafts_with_a_dream_folder(tmp_path, tiny_model_dir, capsys):
     drafted = json.loads(capsys.readouterr().out)
     assert main([*args, "--drafter", "none"]) == 0
     plain = json.loads(capsys.readouterr().out)
-    assert drafted["token_ids"] == plain["token_ids"] and drafted["draft_seconds"] > 0
+    assert drafted["token_ids"] == plain["token_ids"] and max(drafted["nodes"]) > 1, "the drafter's block was verified"
 
 
 def test_draft_top_k_keeps_each_slots_k_most_likely_tokens():

@@ -100,8 +100,8 @@ class DiffusionDrafter:
         self.network = network.eval()
         self.steps = steps
         self.vocab_size = vocab_size or network.vocab_size
-        self.keeps_prefix = not network.bidirectional or prefix == "approximate"
-        self.prefix_refresh = prefix_refresh if network.bidirectional else None
+        self.keeps_prefix = not network.bidirectional or prefix == "approximate"  # exact bidirectional: no cache
+        self.prefix_refresh = prefix_refresh if network.bidirectional and self.keeps_prefix else None
         self.start([])
 
     def start(self, prompt: list[int], features: Tensor | None = None) -> None:
@@ -134,15 +134,16 @@ class DiffusionDrafter:
         input_ids = torch.cat([uncached_ids, block_ids], dim=1)
         positions = torch.arange(num_past, num_past + num_uncached + block)[None].expand(batch, -1)
         mask = block_attention_mask(num_past, num_uncached, block, self.network.bidirectional)
-        cache = self._cache
-        if batch > 1:  # K rows read one cached prefix: a private batch copy
-            cache = copy.deepcopy(self._cache) if num_past else DynamicCache(config=self.network.config)
-            if num_past:
-                cache.batch_repeat_interleave(batch)
+        cache = None  # the exact prefix of a bidirectional network, or K rows with nothing cached yet
+        if self.keeps_prefix and batch == 1:
+            cache = self._cache
+        elif self.keeps_prefix and num_past:  # K rows read one cached prefix: a private batch copy
+            cache = copy.deepcopy(self._cache)
+            cache.batch_repeat_interleave(batch)
         adapted_from = 0 if self.network.bidirectional else num_uncached
         hidden = self.network(input_ids, positions, mask, cache, adapted_from=adapted_from)
         if cache is self._cache:
-            self._num_cached = num_past + num_uncached if self.keeps_prefix else num_past
+            self._num_cached = num_past + num_uncached
             _crop(self._cache, self._num_cached)
         return hidden[:, num_uncached:]
 
@@ -166,8 +167,8 @@ class DiffusionDrafter:
         generator: torch.Generator | None = None,
         greedy_first: bool = False,
     ) -> Draft:
-        if self.prefix_refresh is not None:
-            if not self.keeps_prefix or self._calls_since_refresh >= self.prefix_refresh:
+        if self.prefix_refresh is not None:  # an approximate prefix: recomputed every prefix_refresh calls
+            if self._calls_since_refresh >= self.prefix_refresh:
                 self._reset_cache()
                 self._calls_since_refresh = 0
             self._calls_since_refresh += 1

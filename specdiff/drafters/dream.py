@@ -69,9 +69,9 @@ def is_masked_diffusion_lm(spec: str) -> bool:
     return model_type in DREAM_TYPES or model_type.lower() in UNSUPPORTED_TYPES
 
 
-def check_dream(spec: str, config: dict, verifier_tokenizer=None) -> dict[str, tuple]:
-    """Refuse, in one line, a checkpoint that cannot draft (for this verifier); else the
-    shapes of its weights by name (read from the safetensors headers, no tensor loaded)."""
+def check_dream(spec: str, config: dict, verifier_tokenizer=None, tokenizer=None) -> None:
+    """Refuse, in one line, a checkpoint that cannot draft (for this verifier), from its config,
+    tokenizer (``tokenizer``, or read now) and safetensors headers: no tensor is loaded."""
     model_type = str(config.get("model_type", ""))
     if model_type.lower() in UNSUPPORTED_TYPES:
         raise ValueError(f"{spec}: {UNSUPPORTED_TYPES[model_type.lower()]}")
@@ -86,8 +86,8 @@ def check_dream(spec: str, config: dict, verifier_tokenizer=None) -> dict[str, t
     if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default"):
         raise ValueError(f"{spec}: rope scaling {rope_scaling!r} is not supported (only plain RoPE)")
     if verifier_tokenizer is not None:
-        check_tokenizer_fits(spec, load_dream_tokenizer(spec), verifier_tokenizer, mask_id)
-    return check_weights(spec, config)
+        check_tokenizer_fits(spec, tokenizer or load_dream_tokenizer(spec), verifier_tokenizer, mask_id)
+    check_weights(spec, config)
 
 
 def check_tokenizer_fits(spec: str, tokenizer, verifier_tokenizer, mask_id: int) -> None:
@@ -129,8 +129,8 @@ def weight_files(spec: str) -> list[Path]:
     return files
 
 
-def check_weights(spec: str, config: dict) -> dict[str, tuple]:
-    """Weight shapes by name from the safetensors headers; refuse missing or misshapen ones."""
+def check_weights(spec: str, config: dict) -> None:
+    """Refuse missing or misshapen weights, read from the safetensors headers."""
     from safetensors import safe_open
 
     shapes: dict[str, tuple] = {}
@@ -145,7 +145,6 @@ def check_weights(spec: str, config: dict) -> dict[str, tuple]:
     if wrong:
         raise ValueError(f"{spec}: its weights do not fit its config: {wrong[0]}" +
                          (f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""))
-    return shapes
 
 
 def qwen2_config(config: dict, num_layers: int | None = None):
@@ -176,8 +175,8 @@ def load_dream(spec: str, dtype: str = "float32", num_layers: int | None = None,
     config = read_config(spec)
     if config is None:
         raise ValueError(f"{spec}: no readable {CONFIG_FILE}")
-    check_dream(spec, config, verifier_tokenizer)
     tokenizer = load_dream_tokenizer(spec)
+    check_dream(spec, config, verifier_tokenizer, tokenizer)
     qwen = qwen2_config(config, num_layers)
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(spec):

@@ -51,14 +51,17 @@ def diffusion_lm_from_causal_lm(causal_lm: nn.Module, num_layers: int | None = N
     state = {name: tensor for name, tensor in base.state_dict().items()
              if not name.startswith(prefix) or int(name.split(".")[1]) < config.num_hidden_layers}
     decoder = build_decoder(config, state)
-    head = output_head(causal_lm.get_output_embeddings().weight)
+    embedding = decoder.get_input_embeddings().weight
+    head = output_head(embedding if config.tie_word_embeddings else
+                       nn.Parameter(causal_lm.get_output_embeddings().weight.detach(), requires_grad=False))
     mask_embedding = decoder.get_input_embeddings().weight.float().mean(0).to(head.weight.dtype)
     return DiffusionLM(decoder, head, mask_token_id=config.vocab_size, mask_embedding=mask_embedding).eval()
 
 
-def output_head(weight: torch.Tensor) -> nn.Module:
-    """An LM head over ``weight`` [vocab, hidden] (shared, not copied)."""
+def output_head(weight: nn.Parameter) -> nn.Module:
+    """An LM head whose weight [vocab, hidden] is ``weight`` itself: a tied head passes the
+    decoder's embedding and stays tied to it."""
     with torch.device("meta"):
         head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    head.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+    head.weight = weight
     return use_fast_linear(head)

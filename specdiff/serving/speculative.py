@@ -44,8 +44,9 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
     if gamma is not None and gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")
     tree = TreeConfig(sources=sources)
-    standalone = diffusion_folder(drafter) is not None or is_masked_diffusion_lm(drafter)
-    if sources != TreeConfig.sources and not standalone:
+    saved = diffusion_folder(drafter)  # ours; else perhaps a published Dream-architecture model
+    dream = saved is None and is_masked_diffusion_lm(drafter)
+    if sources != TreeConfig.sources and saved is None and not dream:
         raise ValueError("--sources applies to standalone diffusion drafters (served by specdiff's proposer); "
                          f"--drafter {drafter} drafts by itself")
     if drafter == "none":
@@ -64,15 +65,13 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
     if drafter == "ngram":
         return SpeculativeSetup({"method": "ngram", "num_speculative_tokens": gamma,
                                  "prompt_lookup_max": NGRAM_MAX, "prompt_lookup_min": NGRAM_MIN})
-    diffusion = diffusion_folder(drafter)
-    if diffusion is not None:
-        check_drafter_files(diffusion)
-    elif is_masked_diffusion_lm(drafter):  # Dream, DiffuCoder: checked as generate checks them
+    if saved is not None:
+        check_drafter_files(saved)
+    if dream:  # Dream, DiffuCoder: checked as generate checks them
         check_dream(drafter, read_dream_config(drafter))
-        diffusion = drafter
-    if diffusion is not None:
+    if saved is not None or dream:
         return SpeculativeSetup({"method": "custom_class", "model": PROPOSER_CLASS, "num_speculative_tokens": gamma},
-                                {DRAFTER_ENV: str(diffusion), STEPS_ENV: str(steps), SOURCES_ENV: tree.sources})
+                                {DRAFTER_ENV: str(saved or drafter), STEPS_ENV: str(steps), SOURCES_ENV: tree.sources})
     raise ValueError(f"--drafter {drafter!r} is not a DFlash folder, a diffusion drafter (ours, Dream or DiffuCoder), "
                      "'ngram' or 'none' "
                      "(vLLM serves those; `specdiff models list` shows the shipped drafters)")
