@@ -2,12 +2,13 @@
 logits Dream's own modeling code computed (tests/fixtures/dream, made by make_fixtures.py)."""
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_causal_lm, tiny_tokenizer
+from conftest import RunsCode, tiny_causal_lm, tiny_tokenizer
 from safetensors.torch import load_file
 
 from specdiff import DecodingConfig, DiffusionDrafter, Verifier, autoregressive_generate, speculative_generate
@@ -106,7 +107,7 @@ def test_unfit_checkpoints_are_refused_before_weights_load(tmp_path, monkeypatch
     def no_loading(*args, **kwargs):
         raise AssertionError("weights were loaded before the checkpoint was checked")
 
-    monkeypatch.setattr("safetensors.torch.load_file", no_loading)
+    monkeypatch.setattr("specdiff.models.tensor_files.load_file", no_loading)
     assert is_masked_diffusion_lm(str(folder))
     with pytest.raises(ValueError, match=message) as refused:
         load_dream(str(folder))
@@ -123,6 +124,56 @@ def test_a_tokenizer_that_differs_from_the_verifiers_is_refused(tmp_path):
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(ValueError, match="tokenizer differs from the verifier's"):
         load_dream(str(folder), verifier_tokenizer=verifier_tokenizer)
+
+
+def _damage(folder: Path, how: str) -> None:
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    if how == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        weights.write_bytes(b"")
+    elif how == "corrupt header":
+        weights.write_bytes(data[:8] + b"{not json" + data[17:])
+    elif how == "pickle named model.safetensors":
+        weights.write_bytes(pickle.dumps(RunsCode(folder / "RAN")))
+    elif how == "rope_scaling a string":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "rope_scaling": "linear"}))
+    elif how == "index without weight_map":
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+
+
+DAMAGE = ["truncated", "empty", "corrupt header", "pickle named model.safetensors", "rope_scaling a string",
+          "index without weight_map"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("command", ["generate", "serve"])
+def test_damaged_checkpoints_are_refused_in_one_line(tmp_path, tiny_model_dir, capsys, command, how):
+    from specdiff.cli import main
+
+    folder = copy_fixture(tmp_path)
+    _damage(folder, how)
+    args = {"generate": ["generate", "--prompt", "ab", "--sources", "diffusion"], "serve": ["serve", "--print-command"]}
+    assert main([*args[command], "--verifier", str(tiny_model_dir), "--drafter", str(folder)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("specdiff: error:") and len(error.splitlines()) == 1, error
+    assert not (folder / "RAN").exists()
+
+
+def test_serve_refuses_a_dream_drafter_with_another_tokenizer(tmp_path, tiny_model_dir, capsys):
+    from specdiff.cli import main
+
+    folder = copy_fixture(tmp_path)
+    assert main(["serve", "--print-command", "--verifier", str(tiny_model_dir), "--drafter", str(folder)]) == 0
+    capsys.readouterr()
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert main(["serve", "--print-command", "--verifier", str(tiny_model_dir), "--drafter", str(folder)]) == 2
+    assert "tokenizer differs from the verifier's" in capsys.readouterr().err
 
 
 def test_pickled_weights_are_refused(tmp_path):

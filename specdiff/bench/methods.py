@@ -136,6 +136,7 @@ def check_method_names(names: list[str]) -> None:
 
 
 def vllm_method(name: str, verifier: str, verifier_config, eos: set[int], settings: MethodSettings):
+    from specdiff.models.loading import load_tokenizer
     from specdiff.serving.speculative import speculative_setup
 
     drafter = {"vllm": "none", "vllm-ngram": "ngram", "vllm-dflash": settings.dflash_drafter,
@@ -145,7 +146,8 @@ def vllm_method(name: str, verifier: str, verifier_config, eos: set[int], settin
     gamma = {"vllm-ngram": settings.prompt_lookup_tokens, "vllm-dflash": settings.gamma_dflash,
              "vllm-specdiff": settings.gamma}.get(name)
     setup = speculative_setup(drafter, verifier_config, gamma,
-                              sources=settings.tree.sources if name == "vllm-specdiff" else TreeConfig.sources)
+                              sources=settings.tree.sources if name == "vllm-specdiff" else TreeConfig.sources,
+                              verifier_tokenizer=load_tokenizer(verifier))
     return VllmMethod(name, verifier, setup.config, setup.environment, eos)
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch import nn
 from transformers import DynamicCache
 
@@ -36,7 +35,7 @@ from specdiff.calibrate.losses import window_loss
 from specdiff.calibrate.windows import WindowBatch, make_full_windows, make_windows
 from specdiff.drafters.diffusion_lm import DiffusionLM, file_name, is_own_parameter
 from specdiff.drafters.files import DRAFTER_DELTAS, load_deltas, save_drafter
-from specdiff.models.tensor_files import load_plain
+from specdiff.models.tensor_files import load_plain, load_safetensors
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ def build_network(cfg: TrainConfig):
         del base
     network.add_lora(cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
     if cfg.init_from:
-        load_deltas(network, load_file(str(Path(cfg.init_from) / DRAFTER_DELTAS)), None)
+        load_deltas(network, load_safetensors(Path(cfg.init_from) / DRAFTER_DELTAS), None)
     for name, param in network.named_parameters():
         param.requires_grad = is_own_parameter(name)
     return network, tokenizer
@@ -188,7 +187,7 @@ def _restore(out: Path, network, optimizer, scheduler) -> int:
     checkpoint = latest_checkpoint(out)
     if checkpoint is None:
         return 0
-    load_deltas(network, load_file(str(checkpoint / DRAFTER_DELTAS)), None)
+    load_deltas(network, load_safetensors(checkpoint / DRAFTER_DELTAS), None)
     state = load_trainer_state(checkpoint / "trainer.pt")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -17,12 +17,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import Qwen3Config
 
 from specdiff.drafters.dflash_network import DFlashNetwork
-from specdiff.models.tensor_files import load_plain
+from specdiff.models.tensor_files import load_plain, load_safetensors
 
 ARCHITECTURE = "DFlashDraftModel"
 CONFIG_FILE = "config.json"
@@ -119,9 +118,9 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     weights: dict[str, torch.Tensor] = {}
     for path in files:
         try:
-            weights.update(load_file(str(path)))
-        except (SafetensorError, OSError) as error:
-            raise DrafterMismatchError(f"{path}: damaged weights ({error})") from None
+            weights.update(load_safetensors(path))
+        except ValueError as error:
+            raise DrafterMismatchError(f"damaged weights: {error}") from None
     return {name.removeprefix("model."): tensor for name, tensor in weights.items()}
 
 

@@ -22,6 +22,7 @@ import torch
 from specdiff.drafters.diffusion_lm import DiffusionLM
 from specdiff.drafters.from_causal_lm import build_decoder, decoder_config, output_head
 from specdiff.models.loading import DTYPES, real_vocabulary
+from specdiff.models.tensor_files import load_safetensors, safetensors_shapes
 
 DREAM_TYPES = ("Dream",)
 # Masked-diffusion families that cannot draft for a Qwen or LLaMA verifier, and why.
@@ -83,6 +84,8 @@ def check_dream(spec: str, config: dict, verifier_tokenizer=None, tokenizer=None
         raise ValueError(f"{spec}: its config has no mask_token_id inside its vocabulary of {vocab_size} "
                          f"(got {mask_id!r}); a masked-diffusion drafter needs one")
     rope_scaling = config.get("rope_scaling")
+    if rope_scaling is not None and not isinstance(rope_scaling, dict):
+        raise ValueError(f"{spec}: rope_scaling in its config must be an object or null, got {rope_scaling!r}")
     if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default"):
         raise ValueError(f"{spec}: rope scaling {rope_scaling!r} is not supported (only plain RoPE)")
     if verifier_tokenizer is not None:
@@ -119,8 +122,7 @@ def load_dream_tokenizer(spec: str):
 def weight_files(spec: str) -> list[Path]:
     index = model_file(spec, WEIGHTS_INDEX)
     if index is not None:
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [model_file(spec, name) for name in names]
+        files = [model_file(spec, name) for name in _indexed_files(index)]
     else:
         files = [model_file(spec, "model.safetensors")]
     if not files or any(path is None for path in files):
@@ -129,14 +131,22 @@ def weight_files(spec: str) -> list[Path]:
     return files
 
 
-def check_weights(spec: str, config: dict) -> None:
-    """Refuse missing or misshapen weights, read from the safetensors headers."""
-    from safetensors import safe_open
+def _indexed_files(index: Path) -> list[str]:
+    """The weight files a ``model.safetensors.index.json`` names (its ``weight_map``'s values)."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (OSError, ValueError, AttributeError):
+        weight_map = None
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise ValueError(f"{index}: not a weight index (a JSON object whose weight_map maps tensors to file names)")
+    return sorted(set(weight_map.values()))
 
+
+def check_weights(spec: str, config: dict) -> None:
+    """Refuse missing, damaged or misshapen weights, read from the safetensors headers."""
     shapes: dict[str, tuple] = {}
     for path in weight_files(spec):
-        with safe_open(str(path), "pt") as handle:
-            shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
+        shapes.update(safetensors_shapes(path))
     expected = expected_shapes(qwen2_config(config))
     if config.get("tie_word_embeddings") and "lm_head.weight" not in shapes:
         expected.pop("lm_head.weight")
@@ -170,8 +180,6 @@ def expected_shapes(qwen) -> dict[str, tuple]:
 def load_dream(spec: str, dtype: str = "float32", num_layers: int | None = None,
                verifier_tokenizer=None) -> tuple[DiffusionLM, object]:
     """(network, tokenizer) of a Dream-architecture checkpoint (folder or Hub id), checked first."""
-    from safetensors.torch import load_file
-
     config = read_config(spec)
     if config is None:
         raise ValueError(f"{spec}: no readable {CONFIG_FILE}")
@@ -180,7 +188,7 @@ def load_dream(spec: str, dtype: str = "float32", num_layers: int | None = None,
     qwen = qwen2_config(config, num_layers)
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(spec):
-        state.update(load_file(str(path)))
+        state.update(load_safetensors(path))
     decoder_state = {name.removeprefix("model."): tensor.to(DTYPES[dtype]) for name, tensor in state.items()
                      if name.startswith("model.") and _within(name, qwen.num_hidden_layers)}
     decoder = build_decoder(qwen, decoder_state)

