@@ -30,11 +30,13 @@ def _commands():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from specdiff.models.linear_kernels import kernel_mode
     from specdiff.models.prepare import ModelUnavailableError
     from specdiff.serving.environment import VllmUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
+        kernel_mode()  # a bad SPECDIFF_KERNELS is refused before any model loads
         return args.run(args)
     except (ValueError, ModelUnavailableError, FileNotFoundError, VllmUnavailableError) as error:
         print(f"specdiff: error: {error}", file=sys.stderr)

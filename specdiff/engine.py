@@ -54,6 +54,8 @@ class DecodingConfig:
             raise ValueError(f"num_drafts must be >= 1, got {self.num_drafts}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"--seed must be in 0..2**63-1, got {self.seed}")
 
     @property
     def drafting(self) -> SamplingConfig:
@@ -100,6 +102,15 @@ class GenerationResult:
         return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
 
 
+def check_context(prompt_length: int, config: DecodingConfig, max_length: int | None) -> None:
+    """Refuse a generation that cannot fit the verifier's context (``max_length`` None: unbounded)."""
+    if max_length and prompt_length + config.max_new_tokens + config.gamma > max_length:
+        raise ValueError(
+            f"prompt ({prompt_length} tokens) + max_new_tokens ({config.max_new_tokens}) + gamma "
+            f"({config.gamma}) exceeds the verifier's context of {max_length} tokens: "
+            "shorten the prompt or lower --max-new-tokens or --gamma"
+        )
+
 def check_inputs(prompt_ids: Tensor, verifier: Verifier, drafter: Drafter | None, config: DecodingConfig) -> None:
     if prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1:
         raise ValueError(f"prompt_ids must have shape [1, length] (batch size 1), got {tuple(prompt_ids.shape)}")
@@ -111,12 +122,7 @@ def check_inputs(prompt_ids: Tensor, verifier: Verifier, drafter: Drafter | None
             f"the prompt holds token id {int(outside[0])}, outside the verifier's vocabulary of {verifier.vocab_size}: "
             "the tokenizer does not belong to this model (load both from the same folder)"
         )
-    if verifier.max_length and prompt_ids.shape[1] + config.max_new_tokens + config.gamma > verifier.max_length:
-        raise ValueError(
-            f"prompt ({prompt_ids.shape[1]} tokens) + max_new_tokens ({config.max_new_tokens}) + gamma "
-            f"({config.gamma}) exceeds the verifier's context of {verifier.max_length} tokens: "
-            "shorten the prompt or lower max_new_tokens"
-        )
+    check_context(prompt_ids.shape[1], config, verifier.max_length)
     max_gamma = getattr(drafter, "max_gamma", None)  # drafters with a fixed block (DFlash)
     if max_gamma is not None and config.gamma > max_gamma:
         raise ValueError(f"gamma {config.gamma} is beyond the drafter's block of {max_gamma} draft slots: "

@@ -18,6 +18,16 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def check_utf8(text: str) -> None:
+    """Refuse text holding undecodable bytes (command-line bytes that are not UTF-8 reach
+    Python as lone surrogates, which tokenizers reject with a TypeError)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"the prompt is not valid UTF-8 text (an undecodable byte at character {error.start}): "
+                         "pass UTF-8 text") from None
+
+
 def encode_prompt(tokenizer, text: str, chat: bool = True) -> torch.Tensor:
     """[1, length] token ids; with ``chat`` the model's chat template (if it has one) wraps
     ``text`` as a user turn and opens the assistant's turn."""
@@ -30,6 +40,8 @@ def encode_conversation(tokenizer, user_turns: list[str], answers: list[str], ch
     (or ``chat=False``) the turns are joined as plain text."""
     if not user_turns or not all(turn.strip() for turn in user_turns):
         raise ValueError("the prompt is empty (or only whitespace): give some text")
+    for text in (*user_turns, *answers):
+        check_utf8(text)
     if chat and tokenizer.chat_template:
         messages = []
         for index, turn in enumerate(user_turns):

@@ -121,3 +121,37 @@ def test_int8_layers_compute_near_the_fp32_product_and_are_used():
     assert not torch.equal(after, before), "the int8 weights must be what computes"
     relative = (after - before).abs().max() / before.abs().max()
     assert relative < 0.1, f"int8 logits {relative:.3f} off the fp32 ones"
+
+
+def test_plan_cache_survives_a_folder_in_its_place_and_absurd_nesting(tmp_path):
+    from specdiff.models.linear_kernels import KernelPlan, _read_plans, _store_plan
+
+    folder_in_the_way = tmp_path / "kernel_plans.json"
+    folder_in_the_way.mkdir()
+    _store_plan(folder_in_the_way, "k", KernelPlan(("linear",) * len(linear_kernels.ROW_BUCKETS)))
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == [], "no .partial file left"
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    assert _read_plans(nested) == {}
+
+
+def _store_many(path, prefix, count):
+    from specdiff.models.linear_kernels import KernelPlan, _store_plan
+
+    for index in range(count):
+        _store_plan(path, f"{prefix}{index}", KernelPlan(("linear",) * len(linear_kernels.ROW_BUCKETS)))
+
+
+def test_processes_storing_plans_at_once_keep_each_others_entries(tmp_path):
+    import multiprocessing
+
+    from specdiff.models.linear_kernels import _read_plans
+
+    path = tmp_path / "kernel_plans.json"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_store_many, args=(path, name, 40)) for name in ("a", "b", "c")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert len(_read_plans(path)) == 120, "every writer's entries were kept"

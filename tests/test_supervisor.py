@@ -23,6 +23,8 @@ FAKE_SERVER = textwrap.dedent("""
     engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     for pid in (os.getpid(), engine.pid):
         (shm / f"__KMP_REGISTERED_LIB_{pid}_0").write_text("x")
+    for name in ("psm_engine", "sem.mp-engine"):  # what a killed engine leaves behind
+        (shm / name).write_text("x")
     (shm / "pids").write_text(f"{os.getpid()} {engine.pid}")
     if mode == "exits-3":
         sys.exit(3)
@@ -92,3 +94,15 @@ def test_sigterm_before_the_server_starts_ends_the_command_at_once(tmp_path):
     assert process.wait(timeout=10) == 0
     assert time.monotonic() - started < 3
     assert not (tmp_path / "pids").exists(), "no server was started"
+
+
+def test_segments_a_killed_engine_leaves_are_removed_and_no_others(tmp_path):
+    (tmp_path / "psm_before").write_text("made before the server started")
+    process = start_supervisor(tmp_path, "ignores-sigterm", grace_s=0.5)
+    held = tmp_path / "psm_held"
+    with open(held, "w") as handle:  # made while the server ran, but still open in a living process
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        handle.write("in use")
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("psm_", "sem.")))
+    assert names == ["psm_before", "psm_held"]

@@ -21,11 +21,12 @@ class BenchPrompt:
     turns: tuple[str, ...]  # user turns; benchmarks use the first unless asked for all
 
 
-def _read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
-    """(where, row) per non-blank line; ``where`` is "file:line" for error messages."""
+def read_jsonl(path: str | Path, what: str = "prompt file") -> list[tuple[str, dict]]:
+    """(where, row) per non-blank line, each row a JSON object; ``where`` is "file:line" for
+    error messages."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     rows = []
     with open(path) as handle:
         for number, line in enumerate(handle, 1):
@@ -42,7 +43,7 @@ def _read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
     return rows
 
 
-def _text_field(where: str, row: dict, key: str) -> str:
+def text_field(where: str, row: dict, key: str) -> str:
     if key not in row:
         raise ValueError(f"{where}: the row has no {key!r} field (fields: {', '.join(row) or 'none'})")
     if not isinstance(row[key], str):
@@ -60,8 +61,8 @@ def _turns_field(where: str, row: dict) -> tuple[str, ...]:
 def spec_bench(path: str | Path) -> list[BenchPrompt]:
     """Spec-Bench question.jsonl: 480 prompts; MT-Bench's 8 categories count as one group."""
     prompts = []
-    for where, row in _read_jsonl(path):
-        category = _text_field(where, row, "category")
+    for where, row in read_jsonl(path):
+        category = text_field(where, row, "category")
         if "question_id" not in row:
             raise ValueError(f"{where}: the row has no 'question_id' field")
         group = category if category in ("translation", "summarization", "qa", "math_reasoning", "rag") else "mt_bench"
@@ -79,15 +80,15 @@ def humaneval() -> list[BenchPrompt]:
 
 
 def gsm8k(path: str | Path) -> list[BenchPrompt]:
-    return [BenchPrompt(f"gsm8k-{i}", "gsm8k", (_text_field(where, row, "question"),))
-            for i, (where, row) in enumerate(_read_jsonl(path))]
+    return [BenchPrompt(f"gsm8k-{i}", "gsm8k", (text_field(where, row, "question"),))
+            for i, (where, row) in enumerate(read_jsonl(path))]
 
 
 def jsonl_prompts(path: str | Path) -> list[BenchPrompt]:
     """Rows with "prompt" (or "turns"), optional "id" and "category"."""
     prompts = []
-    for i, (where, row) in enumerate(_read_jsonl(path)):
-        turns = _turns_field(where, row) if "turns" in row else (_text_field(where, row, "prompt"),)
+    for i, (where, row) in enumerate(read_jsonl(path)):
+        turns = _turns_field(where, row) if "turns" in row else (text_field(where, row, "prompt"),)
         prompts.append(BenchPrompt(str(row.get("id", i)), str(row.get("category", "prompts")), turns))
     return prompts
 
@@ -104,6 +105,7 @@ def load_prompts(dataset: str, path: str | None = None, categories: list[str] | 
         raise ValueError(f"limit (prompts per category) must be >= 1, got {limit_per_category}")
     prompts = {"spec-bench": spec_bench, "gsm8k": gsm8k, "jsonl": jsonl_prompts}.get(dataset)
     prompts = humaneval() if dataset == "humaneval" else prompts(path)
+    _check_unique_ids(prompts, path)
     if categories:
         prompts = [p for p in prompts if p.category in categories]
     if limit_per_category is not None:
@@ -115,3 +117,12 @@ def load_prompts(dataset: str, path: str | None = None, categories: list[str] | 
                 kept.append(prompt)
         prompts = kept
     return prompts
+
+
+def _check_unique_ids(prompts: list[BenchPrompt], path) -> None:
+    """Records are kept by prompt id: two prompts with one id would share (and lose) one."""
+    seen: set[str] = set()
+    for prompt in prompts:
+        if prompt.id in seen:
+            raise ValueError(f"{path}: prompt id {prompt.id!r} appears more than once; give each prompt its own 'id'")
+        seen.add(prompt.id)

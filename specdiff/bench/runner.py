@@ -7,6 +7,7 @@ completes; a rerun skips records already written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -19,6 +20,8 @@ from specdiff.bench.datasets import load_prompts
 from specdiff.bench.methods import METHODS, MethodSettings, build_methods, check_method_names
 from specdiff.models.registry import DEFAULT_VERIFIER
 from specdiff.prompting import encode_conversation
+from specdiff.run_folder import check_same_settings
+from specdiff.tree.build import check_tree_config
 
 PRESETS = {
     "quick": dict(dataset="humaneval", limit=3, max_new_tokens=64),
@@ -74,37 +77,44 @@ def _rewrite_lines(path: Path, lines: list[str]) -> None:
         os.replace(partial, path)
 
 
-def check_same_settings(config: BenchConfig, config_path: Path) -> None:
-    """Refuse to reuse records made under other settings (a rerun would mix them)."""
-    if not config_path.is_file():
-        return
-    saved = json.loads(config_path.read_text())
-    saved = {**saved, **{f"settings.{k}": v for k, v in saved.pop("settings", {}).items()}}
-    current = asdict(config)
-    current = {**current, **{f"settings.{k}": v for k, v in current.pop("settings").items()}}
-    differing = [f"{key} ({saved.get(key)!r} there, {value!r} now)" for key, value in current.items()
-                 if key not in SELECTION_FIELDS and saved.get(key) != value]
-    if differing:
-        raise ValueError(f"{config_path.parent} holds records made with other settings: {'; '.join(differing)}. "
-                         "Use another --out, or the same settings to resume")
+def prompt_digest(prompt_ids) -> str:
+    """sha256 of a prompt's token ids: a record names the exact prompt it answered."""
+    return hashlib.sha256(json.dumps(prompt_ids[0].tolist()).encode()).hexdigest()
+
+
+def check_same_prompt(records: dict, question_id: str, prompt_ids, records_path: Path) -> None:
+    """Refuse to reuse a record whose prompt was another (the prompt file was edited since)."""
+    digest = prompt_digest(prompt_ids)
+    stale = sorted(method for (method, qid), record in records.items()
+                   if qid == question_id and record.get("prompt_sha256", digest) != digest)
+    if stale:
+        raise ValueError(f"{records_path}: the records of prompt {question_id!r} ({', '.join(stale)}) answered another "
+                         "prompt text (was the prompt file edited?): use another --out, or restore the prompts")
 
 
 def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dict[str, str], object, dict]:
     """Run what is missing; return (this run's records, unavailable methods, verifier model,
     {question id: prompt token ids}). Inputs are checked before anything is written."""
-    from specdiff.models.loading import load_causal_lm
+    from specdiff.models.loading import load_causal_lm, load_tokenizer
 
     out = Path(out_dir)
     names = [m for m in config.methods.split(",") if m]
     check_method_names(names)
+    check_tree_config(config.settings.tree)
     categories = [c for c in config.categories.split(",") if c] or None
     prompts = load_prompts(config.dataset, config.data_path or None, categories, config.limit)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     records_path = out / "records.jsonl"
     if records_path.is_file():
-        check_same_settings(config, out / "config.json")
+        check_same_settings(out / "config.json", asdict(config), SELECTION_FIELDS, flag_names=False)
     previous = read_records(records_path)
+    records = {(r["method"], r["question_id"]): r for r in previous}
+    first_turn_tokenizer = load_tokenizer(config.verifier)
+    for prompt in prompts:  # before the model loads: an edited prompt file is refused at once
+        question_id = prompt.id if not config.all_turns else f"{prompt.id}/turn1"
+        check_same_prompt(records, question_id, encode_conversation(first_turn_tokenizer, [prompt.turns[0]], [],
+                                                                    config.chat), records_path)
     model, tokenizer = load_causal_lm(config.verifier)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -112,7 +122,6 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dic
     for name, reason in unavailable.items():
         print(f"method {name} unavailable: {reason}", file=sys.stderr)
 
-    records = {(r["method"], r["question_id"]): r for r in previous}
     interleaved = [m for m in methods if not getattr(m, "blockwise", False)]
     blockwise = [m for m in methods if getattr(m, "blockwise", False)]
     conversations = _conversations(prompts, config)
@@ -122,6 +131,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dic
         def measure(method, prompt, turn, question_id, prompt_ids) -> None:
             output = method.run(prompt_ids, config.max_new_tokens)
             record = {"method": method.name, "question_id": question_id, "category": prompt.category,
+                      "prompt_sha256": prompt_digest(prompt_ids),
                       "turn": turn + 1, "new_tokens": len(output.tokens), "wall_time": output.seconds,
                       "accepted_lengths": output.accepted_lengths, "drafted": output.drafted,
                       "draft_seconds": output.draft_seconds, "verify_seconds": output.verify_seconds,
@@ -140,6 +150,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dic
                 question_id = prompt.id if not config.all_turns else f"{prompt.id}/turn{turn + 1}"
                 prompt_ids = encode_conversation(tokenizer, list(prompt.turns[: turn + 1]), answers, config.chat)
                 encoded[question_id] = prompt_ids
+                check_same_prompt(records, question_id, prompt_ids, records_path)
                 for method in _rotated(interleaved, index):
                     bar.update(1)
                     if (method.name, question_id) in records:

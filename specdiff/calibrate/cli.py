@@ -126,8 +126,10 @@ def cmd_eval(args) -> int:
     from specdiff.models.loading import load_causal_lm, load_tokenizer
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder for the evaluation's results")
     prompts = load_prompts(args.dataset, args.data_path, None, args.limit)
+    out.mkdir(parents=True, exist_ok=True)
     trajectories = verifier_trajectories(prompts, args.verifier, args.max_new_tokens, out / "trajectories.jsonl")
     plain_tps = sum(len(r["trajectory"]) for r in trajectories.values()) / sum(r["seconds"] for r in trajectories.values())
     results = {}

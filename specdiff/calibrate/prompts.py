@@ -13,28 +13,26 @@ Never HumanEval or Spec-Bench: those are evaluation sets. Sources:
 from __future__ import annotations
 
 import ast
-import json
 import random
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from specdiff.bench.datasets import read_jsonl, text_field
 from specdiff.prompting import CODE_INSTRUCTION
 
 
 def gsm8k_prompts(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GSM8K file not found: {path} (give the path to train.jsonl)")
-    with open(path) as handle:
-        return [json.loads(line)["question"] for line in handle if line.strip()]
+    return [text_field(where, row, "question") for where, row in _gsm8k_rows(path)]
 
 
 def gsm8k_answers(path: str | Path) -> list[str]:
     """Question + reference answer as plain text: teacher-free adaptation material."""
-    with open(path) as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return [f"{row['question']}\n{row['answer']}" for row in rows]
+    return [f"{text_field(where, row, 'question')}\n{text_field(where, row, 'answer')}" for where, row in _gsm8k_rows(path)]
+
+
+def _gsm8k_rows(path: str | Path) -> list[tuple[str, dict]]:
+    return read_jsonl(path, what="GSM8K file")
 
 
 def _functions_with_docstrings(source: str) -> Iterator[str]:

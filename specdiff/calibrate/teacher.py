@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from specdiff.models.registry import DEFAULT_VERIFIER
+from specdiff.run_folder import check_same_settings
 
 ENGINES = ("transformers", "vllm")
 
@@ -50,6 +51,13 @@ class TeacherConfig:
             raise ValueError("--engine vllm makes greedy data only: use --temperature 0 (its default)")
         if not self.temperature >= 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        for name in ("num_prompts", "completions_per_prompt", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"--seed must be in 0..2**63-1, got {self.seed}")
 
 
 def shard_path(out_dir: Path, index: int) -> Path:
@@ -70,10 +78,14 @@ def read_shards(out_dirs: str | Path) -> list[dict]:
     return records
 
 
+def _is_token_ids(value) -> bool:
+    return isinstance(value, list) and all(type(token) is int and token >= 0 for token in value)
+
+
 def _record(line: str, path: Path, number: int) -> dict:
     try:
         record = json.loads(line)
-        if isinstance(record, dict) and all(isinstance(record.get(k), list) for k in ("prompt_ids", "completion_ids")):
+        if isinstance(record, dict) and all(_is_token_ids(record.get(k)) for k in ("prompt_ids", "completion_ids")):
             return record
     except ValueError:
         pass
@@ -149,6 +161,8 @@ def generate_teacher_data(config: TeacherConfig, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file: give a folder for the teacher shards")
+    if any(out_dir.glob("shard-*.jsonl")):  # resuming: the shards there must be this run's
+        check_same_settings(out_dir / "config.json", asdict(config))
     prompts = mixed_prompts(config.gsm8k, config.num_prompts, config.seed, general=config.general_prompts)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the prompts exist: a refused run leaves no folder
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")

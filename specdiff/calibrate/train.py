@@ -36,6 +36,7 @@ from specdiff.calibrate.windows import WindowBatch, make_full_windows, make_wind
 from specdiff.drafters.diffusion_lm import DiffusionLM, file_name, is_own_parameter
 from specdiff.drafters.files import DRAFTER_DELTAS, load_deltas, save_drafter
 from specdiff.models.tensor_files import load_plain, load_safetensors
+from specdiff.run_folder import check_same_settings
 
 
 @dataclass(frozen=True)
@@ -124,15 +125,8 @@ def check_run_folder(cfg, out: Path, resumable_changes: tuple[str, ...] = RESUMA
     with other settings (except ``resumable_changes``)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a run folder")
-    saved_path = out / "config.json"
-    if latest_checkpoint(out) is None or not saved_path.is_file():
-        return
-    saved = json.loads(saved_path.read_text())
-    differing = [f"--{key.replace('_', '-')} ({saved.get(key)!r} there, {value!r} now)"
-                 for key, value in asdict(cfg).items() if key not in resumable_changes and saved.get(key) != value]
-    if differing:
-        raise ValueError(f"{out} holds a run with other settings: {'; '.join(differing)}. "
-                         "Resume with the run's settings or use another --out")
+    if latest_checkpoint(out) is not None:
+        check_same_settings(out / "config.json", asdict(cfg), resumable_changes)
 
 
 def load_trainer_state(path: Path) -> dict:

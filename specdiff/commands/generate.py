@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import time
+from pathlib import Path
 
 from specdiff.models.registry import DEFAULT_VERIFIER
 
@@ -68,14 +69,15 @@ def decoding_config(args):
     return dataclass_from_args(DecodingConfig, args, sampling=sampling, draft_sampling=draft_sampling)
 
 
-def load_pair(args, load_drafter_model: bool = True):
+def load_pair(args, config, load_drafter_model: bool = True):
     """(verifier model, tokenizer, drafter or None); checks the tokenizers match. Settings
-    and the drafter spec are checked before any model loads."""
+    (``config``: the ``DecodingConfig``) and the drafter spec are checked before any model loads."""
     from specdiff.config_args import dataclass_from_args
     from specdiff.drafters.loading import DrafterConfig, check_drafter_spec, load_drafter
     from specdiff.models.loading import check_same_tokenizer, load_causal_lm, load_tokenizer
 
     drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
+    check_before_loading(args, config)
     wanted = load_drafter_model and args.drafter.lower() != "none"
     if wanted:
         check_drafter_spec(args.drafter, load_tokenizer(args.verifier))
@@ -89,9 +91,33 @@ def load_pair(args, load_drafter_model: bool = True):
     return model, tokenizer, drafter
 
 
+def check_before_loading(args, config) -> None:
+    """Settings that cannot fit the verifier's context or the drafter's block, refused from
+    their configs before any weight loads (the engine checks them again with the real prompt)."""
+    from transformers import AutoConfig
+
+    from specdiff.drafters.dflash_files import is_dflash_folder, read_config
+    from specdiff.drafters.shipped_dflash import shipped_dflash_config
+    from specdiff.engine import check_context
+    from specdiff.models.loading import resolve_model_folder
+
+    try:
+        verifier_config = AutoConfig.from_pretrained(resolve_model_folder(args.verifier))
+    except (OSError, ValueError):  # no readable config: loading the model reports it in its words
+        verifier_config = None
+    check_context(1, config, getattr(verifier_config, "max_position_embeddings", None))
+    dflash = shipped_dflash_config(args.drafter)
+    if dflash is None and is_dflash_folder(args.drafter):
+        dflash = read_config(Path(args.drafter))
+    block = dflash.block_size if dflash is not None else None
+    if block is not None and config.gamma > block - 1:
+        raise ValueError(f"gamma {config.gamma} is beyond the drafter's block of {block - 1} draft slots: "
+                         f"pass --gamma {block - 1} or less")
+
+
 def cmd_generate(args) -> int:
     from specdiff.engine import stream_generate
-    from specdiff.prompting import encode_prompt, eos_token_ids
+    from specdiff.prompting import check_utf8, encode_prompt, eos_token_ids
     from specdiff.verifier import Verifier
 
     from specdiff.tree.build import build_tree_drafter, check_tree_config
@@ -102,9 +128,14 @@ def cmd_generate(args) -> int:
     with naming_flag("--sources/--datastore/--tree-*"):
         tree = tree_config_from_args(args)
     plain = args.drafter.lower() == "none"
+    if plain and tree.datastore:
+        raise ValueError("--drafter none decodes plainly, without the tree that searches --datastore: drop one of "
+                         "them (--sources lookup,suffix with any --drafter drafts from the datastore without a "
+                         "drafter model)")
     if not plain:
         check_tree_config(tree)
-    model, tokenizer, drafter = load_pair(args, load_drafter_model="diffusion" in tree.source_names)
+    check_utf8(args.prompt)
+    model, tokenizer, drafter = load_pair(args, config, load_drafter_model="diffusion" in tree.source_names)
     prompt_ids = encode_prompt(tokenizer, args.prompt, chat=not args.raw)
     verifier = Verifier(model)
     if not plain and tree.uses_tree:

@@ -150,20 +150,30 @@ def read_source(verifier: str, names: list[str], source_layers: list[int],
     return found
 
 
+def shipped_dflash_config(spec: str):
+    """The config (a Qwen3Config with ``block_size``) of the shipped DFlash drafter ``spec``
+    names, read from its package files without building it; None for other specs."""
+    from specdiff.drafters.dflash_files import config_from_dict
+
+    shipped = shipped_dflash_dir(spec)
+    if shipped is None:
+        return None
+    return config_from_dict(json.loads((shipped / SPEC_FILE).read_text())["config"], str(shipped / SPEC_FILE))
+
+
 def dflash_drafter_folder(spec: str, verifier_config=None) -> Path | None:
     """The vLLM-layout folder of the shipped DFlash drafter ``spec`` names (built in the
     model cache on first use), or None when ``spec`` names no shipped DFlash drafter. With
     ``verifier_config`` a drafter that does not fit that verifier is refused before
     anything is built."""
-    from specdiff.drafters.dflash_files import check_fits, config_from_dict
+    from specdiff.drafters.dflash_files import check_fits
     from specdiff.models.prepare import cache_root
 
     shipped = shipped_dflash_dir(spec)
     if shipped is None:
         return None
     if verifier_config is not None:
-        config = json.loads((shipped / SPEC_FILE).read_text())["config"]
-        check_fits(config_from_dict(config, str(shipped / SPEC_FILE)), verifier_config, spec)
+        check_fits(shipped_dflash_config(spec), verifier_config, spec)
     return build_from_shipped(shipped, cache_root() / "drafters" / spec)
 
 

@@ -23,6 +23,7 @@ original parameters, so tied embeddings stay tied and nothing is copied.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+KERNEL_MODES = ("measured", "plain")  # SPECDIFF_KERNELS
 ROW_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 24, 32, 48, 64)  # a call with r rows uses the plan of the smallest bucket >= r
 
 
@@ -262,15 +264,15 @@ def machine_kernel_plan(out_features: int, in_features: int) -> KernelPlan:
     """This machine's plan for [out_features, in_features] fp32 weights: read from
     ``kernel_plans.json`` in specdiff's cache folder, else measured (about 10 s, once) and
     stored there. ``SPECDIFF_KERNELS=plain`` uses transformers' kernels everywhere."""
-    if os.environ.get("SPECDIFF_KERNELS", "").lower() == "plain":
+    if kernel_mode() == "plain":
         return PLAIN
     from specdiff.models.prepare import cache_root
 
     path = cache_root() / "kernel_plans.json"
     key = f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {out_features}x{in_features}"
     try:
-        return KernelPlan(tuple(json.loads(path.read_text())[key]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return KernelPlan(tuple(_read_plans(path)[key]))
+    except (KeyError, TypeError, ValueError):
         pass
     size = out_features * in_features
     count = min(PLAN_MAX_WEIGHTS, max(1, PLAN_BYTES // (4 * size)))
@@ -288,21 +290,40 @@ def plan_kernels(model: nn.Module) -> dict[tuple[int, int], KernelPlan]:
     return {shape: machine_kernel_plan(*shape) for shape in sorted(shapes)}
 
 
-def _store_plan(path, key: str, plan: KernelPlan) -> None:
+def kernel_mode() -> str:
+    """``SPECDIFF_KERNELS``: unset or "measured" (this machine's measured plans) or "plain"
+    (transformers' kernels everywhere); any other value is refused."""
+    mode = os.environ.get("SPECDIFF_KERNELS", "").strip().lower() or "measured"
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"SPECDIFF_KERNELS={os.environ['SPECDIFF_KERNELS']!r} is not one of "
+                         f"{', '.join(KERNEL_MODES)}: unset it or set one of those")
+    return mode
+
+
+def _read_plans(path) -> dict:
+    """The stored plans, or {} when the file is missing or not a JSON object we wrote."""
     try:
-        stored = json.loads(path.read_text()) if path.is_file() else {}
-        if not isinstance(stored, dict):
-            stored = {}
-    except (OSError, ValueError):
-        stored = {}
-    stored[key] = list(plan.by_bucket)
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _store_plan(path, key: str, plan: KernelPlan) -> None:
+    """Add ``plan`` to the file under an exclusive lock (read, merge, atomic replace), so that
+    processes measuring at once keep each other's entries. A cache that cannot be written
+    (read-only, a folder in the way) is skipped: the plan is measured again next time."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(stored, indent=2) + "\n")
-        os.replace(partial, path)  # atomic: a reader never sees half a file
+        with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = _read_plans(path)
+            stored[key] = list(plan.by_bucket)
+            partial.write_text(json.dumps(stored, indent=2) + "\n")
+            os.replace(partial, path)  # atomic: a reader never sees half a file
     except OSError:
-        pass  # a read-only cache: the plan is measured again next time
+        partial.unlink(missing_ok=True)
 
 
 def _cpu_name() -> str:

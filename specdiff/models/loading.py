@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import pickle
 import socket
 import sys
 from pathlib import Path
@@ -87,6 +88,9 @@ def load_causal_lm(spec: str, dtype: str = "float32", other_names: tuple[str, ..
     tokenizer = load_tokenizer(spec, other_names)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="sdpa")
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never
+        raise ModelUnavailableError(f"cannot load model from {spec}: its pickled weights hold Python objects beyond "
+                                    "tensors, which specdiff never unpickles (give safetensors weights)") from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ModelUnavailableError(_not_loadable(spec, error)) from None
     use_fast_linear(model).eval()

@@ -6,9 +6,12 @@ the clients keep their connections open, before it lets go of the port. So ``spe
 serve`` stays as the parent: SIGTERM or SIGINT (Ctrl-C) is passed to the server, which gets
 ``grace_s`` seconds to shut down as it normally does; then its whole process group (the
 engine processes included) is killed. Requests still in flight then end with a dropped
-connection, which clients see as an error. Last, the ``/dev/shm/__KMP_REGISTERED_LIB_<pid>_*``
-files that Intel's OpenMP runtime leaves for every process it ran in (it removes them only
-on a normal exit) are deleted for the processes of this server.
+connection, which clients see as an error. Last, what killed processes cannot clean up
+themselves is removed: the ``/dev/shm/__KMP_REGISTERED_LIB_<pid>_*`` files that Intel's
+OpenMP runtime leaves for every process it ran in (it removes them only on a normal exit),
+and the shared-memory segments (``psm_*``) and semaphores (``sem.mp-*``) of Python's
+multiprocessing that vLLM's engine made while the server ran and that no living process
+still holds open or mapped (vLLM unlinks them only when its engine shuts down normally).
 """
 
 from __future__ import annotations
@@ -49,6 +52,47 @@ def remove_openmp_files(pids: set[int], folder: Path = SHM) -> list[Path]:
             except OSError:
                 continue
     return removed
+
+
+SEGMENT_PATTERNS = ("psm_*", "sem.mp-*")  # multiprocessing.shared_memory and its named semaphores
+
+
+def held_paths(folder: Path = SHM) -> set[Path]:
+    """Files under ``folder`` that some process has open or mapped (Linux /proc)."""
+    prefix, held = str(folder) + "/", set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            mapped = [line.split(maxsplit=5)[-1] for line in (proc / "maps").read_text().splitlines()
+                      if line.count(" ") >= 5]
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        held.update(Path(name.removesuffix(" (deleted)")) for name in (*links, *mapped) if name.startswith(prefix))
+    return held
+
+
+def remove_orphaned_segments(before: set[str], folder: Path = SHM) -> list[Path]:
+    """Delete the multiprocessing segments in ``folder`` that were not there ``before`` (names)
+    and that no process holds; returns them."""
+    new = [path for pattern in SEGMENT_PATTERNS for path in folder.glob(pattern) if path.name not in before]
+    if not new:
+        return []
+    held, removed = held_paths(folder), []
+    for path in new:
+        if path not in held:
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                continue
+    return removed
+
+
+def shm_names(folder: Path = SHM) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
 
 
 class Stopper:
@@ -95,6 +139,7 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float = GRACE_S, sh
     """Run ``argv`` until it exits or this process is told to stop (``stopper``, installed
     here if not given). Returns the child's exit status, or 0 when it was stopped on request."""
     stopper = stopper or Stopper().install()
+    before = shm_names(shm)
     child = stopper.start(argv, env)
     seen = {child.pid}
     try:
@@ -110,6 +155,7 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float = GRACE_S, sh
         while group_members(child.pid) and time.monotonic() < deadline:
             time.sleep(POLL_S)
         remove_openmp_files(seen, shm)
+        remove_orphaned_segments(before, shm)
     return 0 if stopper.requested_at is not None else child.returncode
 
 
