@@ -42,6 +42,7 @@ def serving(port: int) -> list[int]:
 
 def port_free(port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds it
         try:
             sock.bind(("127.0.0.1", port))
             return True

@@ -102,6 +102,13 @@ class GenerationResult:
         return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
 
 
+def check_block(gamma: int, max_gamma: int | None) -> None:
+    """Refuse a draft length beyond a drafter's fixed block of ``max_gamma`` slots (None: no limit)."""
+    if max_gamma is not None and gamma > max_gamma:
+        raise ValueError(f"gamma {gamma} is beyond the drafter's block of {max_gamma} draft slots: "
+                         f"pass --gamma {max_gamma} or less")
+
+
 def check_context(prompt_length: int, config: DecodingConfig, max_length: int | None) -> None:
     """Refuse a generation that cannot fit the verifier's context (``max_length`` None: unbounded)."""
     if max_length and prompt_length + config.max_new_tokens + config.gamma > max_length:
@@ -123,10 +130,7 @@ def check_inputs(prompt_ids: Tensor, verifier: Verifier, drafter: Drafter | None
             "the tokenizer does not belong to this model (load both from the same folder)"
         )
     check_context(prompt_ids.shape[1], config, verifier.max_length)
-    max_gamma = getattr(drafter, "max_gamma", None)  # drafters with a fixed block (DFlash)
-    if max_gamma is not None and config.gamma > max_gamma:
-        raise ValueError(f"gamma {config.gamma} is beyond the drafter's block of {max_gamma} draft slots: "
-                         f"pass --gamma {max_gamma} or less")
+    check_block(config.gamma, getattr(drafter, "max_gamma", None))  # drafters with a fixed block (DFlash)
     if drafter is not None and drafter.vocab_size != verifier.vocab_size:
         raise ValueError(
             f"the drafter's vocabulary ({drafter.vocab_size}) differs from the verifier's "

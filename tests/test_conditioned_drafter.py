@@ -185,3 +185,22 @@ def test_cli_generates_with_an_untrained_dflash_drafter(tiny_model_dir, capsys):
     assert main(common + ["--drafter", "none"]) == 0
     assert json.loads(capsys.readouterr().out)["token_ids"] == speculative["token_ids"]
     assert max(speculative["accepted_lengths"]) <= 4
+
+
+def test_a_gamma_beyond_the_drafters_block_is_refused_before_any_model_loads(tiny_model_dir, tmp_path, capsys,
+                                                                             monkeypatch):
+    import transformers
+
+    from specdiff.cli import main
+    from specdiff.models.loading import load_causal_lm
+
+    verifier, _ = load_causal_lm(str(tiny_model_dir))
+    save_dflash(DFlashNetwork(dflash_config(verifier.config, 1, 4)), tmp_path / "drafter")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before --gamma was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
+    assert main(["generate", "--verifier", str(tiny_model_dir), "--drafter", str(tmp_path / "drafter"),
+                 "--gamma", "5", "--prompt", "hi"]) == 2
+    assert "gamma 5 is beyond the drafter's block of 3 draft slots" in capsys.readouterr().err

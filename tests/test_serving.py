@@ -314,3 +314,23 @@ def test_the_tree_proposer_proposes_one_chain_and_learns_across_requests():
     proposer.propose([[3], []], np.array([len(repeating) + 5, 3]), rows)
     assert proposer.states.costs.table.get(5) is not None  # the step time of a 4-token chain, learnt
     assert proposer.states._states[next(iter(proposer.states._states))][1].estimates.trials  # shared estimates
+
+
+def test_a_port_whose_last_connections_linger_in_time_wait_is_free():
+    """A stopped server's closed connections stay in TIME_WAIT for a minute; the next server
+    binds with SO_REUSEADDR, so the check must not refuse the port meanwhile."""
+    import socket
+
+    from specdiff.serving.server import check_port_free
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first: its end of the connection enters TIME_WAIT
+    client.close()
+    listener.close()
+    check_port_free("127.0.0.1", port)

@@ -191,20 +191,30 @@ def stop_and_check(process: subprocess.Popen, port: int, log: Path, stale_before
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
     assert processes_serving(port) == [], "a server process outlived specdiff serve"
     assert set(stale_openmp_files()) <= stale_before, "OpenMP shared-memory files left behind"
+    assert orphaned_segments() == [], "multiprocessing segments left behind that no process holds"
     return took
 
 
-def test_sigterm_with_requests_in_flight_ends_them_and_the_server_in_bounded_time(servers):
+def orphaned_segments() -> list[Path]:
+    """Multiprocessing shared-memory segments and semaphores in /dev/shm that no living process holds."""
+    from specdiff.serving.supervisor import SEGMENT_PATTERNS, held_paths
+
+    held = held_paths()
+    return [path for pattern in SEGMENT_PATTERNS for path in Path("/dev/shm").glob(pattern) if path not in held]
+
+
+def stop_with_requests_in_flight(process: subprocess.Popen, port: int, log: Path, stream: bool) -> None:
     import threading
 
-    ports, started, folder = servers
-    process, port = started["diffusion"]
     stale_before = set(stale_openmp_files())
     outcomes: list[str] = []
 
     def ask() -> None:
         try:
-            client(port).chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=200)
+            answer = client(port).chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
+                                                          max_tokens=200, stream=stream)
+            for _ in answer if stream else ():
+                pass
             outcomes.append("answered")
         except Exception as error:  # noqa: BLE001 - a dropped request is an allowed outcome
             outcomes.append(type(error).__name__)
@@ -212,13 +222,28 @@ def test_sigterm_with_requests_in_flight_ends_them_and_the_server_in_bounded_tim
     for thread in threads:
         thread.start()
     time.sleep(4)  # all four in flight
-    took = stop_and_check(process, port, folder / "diffusion.log", stale_before)
+    took = stop_and_check(process, port, log, stale_before)
     for thread in threads:
         thread.join(timeout=30)
     assert not any(thread.is_alive() for thread in threads), "a client is still waiting"
     assert len(outcomes) == 4
     assert took < GRACE_S + 8, f"shutdown took {took:.1f} s"
     print(f"in-flight SIGTERM: stopped in {took:.1f} s; requests: {outcomes}")
+
+
+def test_sigterm_with_requests_in_flight_ends_them_and_the_server_in_bounded_time(servers):
+    ports, started, folder = servers
+    process, port = started["diffusion"]
+    stop_with_requests_in_flight(process, port, folder / "diffusion.log", stream=False)
+
+
+def test_sigterm_with_streams_in_flight_under_ngram_leaves_nothing(servers, tmp_path):
+    """vLLM force-kills its engine at once on SIGTERM, so the engine's shared-memory segments
+    are never unlinked; the supervisor removes them."""
+    _, _, folder = servers
+    process, port = start_server("ngram", tmp_path / "ngram.log", {**os.environ, "SPECDIFF_CACHE": str(folder / "cache")})
+    wait_ready(process, port, tmp_path / "ngram.log")
+    stop_with_requests_in_flight(process, port, tmp_path / "ngram.log", stream=True)
 
 
 def test_sigterm_while_loading_stops_the_server(servers, tmp_path):

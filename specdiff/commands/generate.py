@@ -98,7 +98,7 @@ def check_before_loading(args, config) -> None:
 
     from specdiff.drafters.dflash_files import is_dflash_folder, read_config
     from specdiff.drafters.shipped_dflash import shipped_dflash_config
-    from specdiff.engine import check_context
+    from specdiff.engine import check_block, check_context
     from specdiff.models.loading import resolve_model_folder
 
     try:
@@ -109,10 +109,7 @@ def check_before_loading(args, config) -> None:
     dflash = shipped_dflash_config(args.drafter)
     if dflash is None and is_dflash_folder(args.drafter):
         dflash = read_config(Path(args.drafter))
-    block = dflash.block_size if dflash is not None else None
-    if block is not None and config.gamma > block - 1:
-        raise ValueError(f"gamma {config.gamma} is beyond the drafter's block of {block - 1} draft slots: "
-                         f"pass --gamma {block - 1} or less")
+    check_block(config.gamma, dflash.block_size - 1 if dflash is not None else None)
 
 
 def cmd_generate(args) -> int:
