@@ -35,6 +35,7 @@ import torch
 
 from specdiff.bench.method_output import MethodOutput
 from specdiff.bench.vllm_methods import VLLM_METHODS, VllmMethod
+from specdiff.drafters.registry import DEFAULT_DRAFTER
 from specdiff.engine import DecodingConfig, generate
 from specdiff.models.linear_kernels import PLAIN, kernel_plan
 from specdiff.models.registry import DEFAULT_VERIFIER
@@ -112,7 +113,7 @@ class MethodSettings:
     prompt_lookup_tokens: int = 10
     assistant: str = "qwen2.5-coder-0.5b-instruct"
     specdiff_v1_drafter: str = "specdiff-qwen2.5-coder-1.5b-adapted"  # adapted, not aligned
-    specdiff2_drafter: str = "specdiff-qwen2.5-coder-1.5b"
+    specdiff2_drafter: str = DEFAULT_DRAFTER
     dflash_drafter: str = "specdiff-dflash-qwen2.5-coder-1.5b"  # a DFlash-layout drafter (folder or shipped name)
     gamma_dflash: int = 8  # draft length of the DFlash drafter
     tree: TreeConfig = field(default_factory=TreeConfig)  # the sources and limits of the specdiff method

@@ -121,7 +121,7 @@ def cmd_eval(args) -> int:
 
     from specdiff.bench.datasets import load_prompts
     from specdiff.calibrate.evaluate import replay_eval, verifier_trajectories
-    from specdiff.drafters.dflash_files import is_dflash_folder
+    from specdiff.drafters.registry import resolve
     from specdiff.drafters.loading import DrafterConfig, load_drafter
     from specdiff.models.loading import load_causal_lm, load_tokenizer
 
@@ -136,7 +136,7 @@ def cmd_eval(args) -> int:
     verifier_model = None  # DFlash drafters read its hidden states (one teacher-forced pass per trajectory)
     drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
     verifier_tokenizer = load_tokenizer(args.verifier)  # Dream-architecture drafters are checked against it
-    if drafter_config.kind == "dflash" or any(is_dflash_folder(spec) for spec in args.drafters):
+    if drafter_config.kind == "dflash" or any(resolve(spec).conditioned for spec in args.drafters):
         verifier_model, _ = load_causal_lm(args.verifier)
     for spec in args.drafters:
         drafter, _ = load_drafter(spec, drafter_config, verifier_model=verifier_model,

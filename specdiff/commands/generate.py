@@ -6,11 +6,9 @@ import argparse
 import contextlib
 import json
 import time
-from pathlib import Path
 
+from specdiff.drafters.registry import DEFAULT_DRAFTER
 from specdiff.models.registry import DEFAULT_VERIFIER
-
-DEFAULT_DRAFTER = "specdiff-qwen2.5-coder-1.5b"
 
 
 def add_decoding_args(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +94,8 @@ def check_before_loading(args, config) -> None:
     their configs before any weight loads (the engine checks them again with the real prompt)."""
     from transformers import AutoConfig
 
-    from specdiff.drafters.dflash_files import is_dflash_folder, read_config
+    from specdiff.drafters.dflash_files import read_config
+    from specdiff.drafters.registry import DFLASH, resolve
     from specdiff.drafters.shipped_dflash import shipped_dflash_config
     from specdiff.engine import check_block, check_context
     from specdiff.models.loading import resolve_model_folder
@@ -106,10 +105,10 @@ def check_before_loading(args, config) -> None:
     except (OSError, ValueError):  # no readable config: loading the model reports it in its words
         verifier_config = None
     check_context(1, config, getattr(verifier_config, "max_position_embeddings", None))
-    dflash = shipped_dflash_config(args.drafter)
-    if dflash is None and is_dflash_folder(args.drafter):
-        dflash = read_config(Path(args.drafter))
-    check_block(config.gamma, dflash.block_size - 1 if dflash is not None else None)
+    drafter = resolve(args.drafter)
+    if drafter.kind == DFLASH:
+        dflash = shipped_dflash_config(args.drafter) if drafter.shipped else read_config(drafter.folder)
+        check_block(config.gamma, dflash.block_size - 1)
 
 
 def cmd_generate(args) -> int:

@@ -6,25 +6,19 @@ autoregressive causal LM."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from specdiff.drafters import AutoregressiveDrafter, DiffusionDrafter
 from specdiff.drafters.conditioned import ConditionedDrafter
-from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_dflash
+from specdiff.drafters.dflash_files import check_fits, load_dflash
 from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
 from specdiff.drafters.diffusion import PREFIX_MODES
 from specdiff.drafters.dream import check_dream, is_masked_diffusion_lm, load_dream, read_config
-from specdiff.drafters.files import (
-    DRAFTER_CONFIG,
-    SHIPPED_DRAFTERS,
-    check_drafter_files,
-    load_diffusion_lm,
-    shipped_drafter_dir,
-)
+from specdiff.drafters.files import check_drafter_files, load_diffusion_lm
 from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
-from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, dflash_drafter_folder
+from specdiff.drafters.registry import DFLASH, DIFFUSION, DREAM, resolve, shipped_names
+from specdiff.drafters.shipped_dflash import dflash_drafter_folder
 from specdiff.models.linear_kernels import first_rows, int8_is_fast, quantize_linears
 from specdiff.models.loading import DTYPES, check_same_tokenizer, load_causal_lm, load_tokenizer, resolve_model_folder
 
@@ -83,32 +77,22 @@ class DrafterConfig:
             raise ValueError(f"drafter block size must be >= 2 (the last token and one slot), got {self.block_size}")
 
 
-def diffusion_folder(spec: str) -> Path | None:
-    """The folder of a saved diffusion drafter named or located by ``spec``, if it is one."""
-    shipped = shipped_drafter_dir(spec)
-    if shipped is not None:
-        return shipped
-    folder = Path(spec)
-    return folder if (folder / DRAFTER_CONFIG).is_file() else None
-
-
 def check_drafter_spec(spec: str, verifier_tokenizer=None) -> None:
     """Fail at once (before any model loads) when ``spec`` names no drafter that can be found,
     or a diffusion drafter that cannot draft (for the verifier whose tokenizer is given): its
     files, its config and its tokenizer. ``generate``, ``bench``, ``calibrate eval`` and
     ``serve`` all check drafters here."""
-    folder = diffusion_folder(spec)
-    if folder is not None:
-        config, _ = check_drafter_files(folder)
+    resolved = resolve(spec)
+    if resolved.kind == DIFFUSION:
+        config, _ = check_drafter_files(resolved.folder)
         if is_masked_diffusion_lm(config["base"]):
             check_dream(config["base"], read_config(config["base"]), verifier_tokenizer=verifier_tokenizer)
         elif verifier_tokenizer is not None:
             check_same_tokenizer(verifier_tokenizer, load_tokenizer(config["base"]))
-    elif not is_dflash_folder(spec) and spec not in SHIPPED_DFLASH:
-        if is_masked_diffusion_lm(spec):
-            check_dream(spec, read_config(spec), verifier_tokenizer=verifier_tokenizer)
-            return
-        resolve_model_folder(spec, other_names=(*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, "none"))
+    elif resolved.kind == DREAM:
+        check_dream(spec, read_config(spec), verifier_tokenizer=verifier_tokenizer)
+    elif resolved.kind != DFLASH:
+        resolve_model_folder(spec, other_names=shipped_names())
 
 
 def load_drafter(spec: str, config: DrafterConfig = DrafterConfig(), dtype: str = "float32", verifier_model=None,
@@ -141,11 +125,11 @@ def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model,
     ``config.layers`` layers (default 1) for it. DFlash drafters use the verifier's embedding
     and head, so they need ``verifier_model`` and come without a tokenizer of their own."""
     kind, num_layers, steps = config.kind, config.layers, config.steps
-    if kind in ("auto", "dflash") and spec in SHIPPED_DFLASH:
-        spec = str(dflash_drafter_folder(spec))  # built in the model cache on first use
-    if kind in ("auto", "dflash") and is_dflash_folder(spec):
+    resolved = resolve(spec)
+    if kind in ("auto", "dflash") and resolved.kind == DFLASH:
         _need_verifier(verifier_model)
-        return ConditionedDrafter(load_dflash(spec, verifier_model.config, DTYPES[dtype]), verifier_model), None
+        folder = dflash_drafter_folder(spec) if resolved.shipped else resolved.folder  # shipped: built once
+        return ConditionedDrafter(load_dflash(folder, verifier_model.config, DTYPES[dtype]), verifier_model), None
     if kind == "dflash":
         _need_verifier(verifier_model)
         return untrained_dflash(spec, verifier_model, num_layers or 1, config.block_size, dtype), None
@@ -155,14 +139,13 @@ def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model,
         return DiffusionDrafter(network, steps=steps, vocab_size=vocab_size, prefix=config.prefix,
                                 prefix_refresh=config.prefix_refresh)
 
-    folder = diffusion_folder(spec)
-    if folder is not None and kind in ("auto", "diffusion"):
-        network, tokenizer = load_diffusion_lm(folder, dtype, base_models)
+    if kind in ("auto", "diffusion") and resolved.kind == DIFFUSION:
+        network, tokenizer = load_diffusion_lm(resolved.folder, dtype, base_models)
         return diffusion_drafter(network), tokenizer
-    if kind in ("auto", "diffusion") and is_masked_diffusion_lm(spec):
+    if kind in ("auto", "diffusion") and resolved.kind == DREAM:
         network, tokenizer = load_dream(spec, dtype, num_layers, verifier_tokenizer=verifier_tokenizer)
         return diffusion_drafter(network), tokenizer
-    model, tokenizer = load_causal_lm(spec, dtype, other_names=(*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, "none"))
+    model, tokenizer = load_causal_lm(spec, dtype, other_names=shipped_names())
     if kind == "diffusion":
         return diffusion_drafter(diffusion_lm_from_causal_lm(model, num_layers)), tokenizer
     return AutoregressiveDrafter(model), tokenizer

@@ -11,11 +11,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from specdiff.drafters.dflash_files import check_fits, is_dflash_folder, load_dflash, read_config
-from specdiff.drafters.dream import is_masked_diffusion_lm
-from specdiff.drafters.loading import check_drafter_spec, diffusion_folder
+from specdiff.drafters.dflash_files import check_fits, load_dflash, read_config
+from specdiff.drafters.loading import check_drafter_spec
+from specdiff.drafters.registry import DFLASH, DIFFUSION, DREAM, NONE, PROMPT_LOOKUP, resolve
 from specdiff.serving.proposer import DRAFTER_ENV, SOURCES_ENV, STEPS_ENV
 from specdiff.tree.config import TreeConfig
 
@@ -43,15 +42,15 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
     if gamma is not None and gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")
     tree = TreeConfig(sources=sources)
-    saved = diffusion_folder(drafter)  # ours; else perhaps a published Dream-architecture model
-    dream = saved is None and is_masked_diffusion_lm(drafter)
-    if sources != TreeConfig.sources and saved is None and not dream:
+    resolved = resolve(drafter)
+    proposed_by_us = resolved.kind in (DIFFUSION, DREAM)  # ours, Dream, DiffuCoder: specdiff's proposer
+    if sources != TreeConfig.sources and not proposed_by_us:
         raise ValueError("--sources applies to standalone diffusion drafters (served by specdiff's proposer); "
                          f"--drafter {drafter} drafts by itself")
-    if drafter == "none":
+    if resolved.kind == NONE:
         return SpeculativeSetup(None)
-    folder = dflash_drafter_folder(drafter, verifier_config) or (Path(drafter) if is_dflash_folder(drafter) else None)
-    if folder is not None:
+    if resolved.kind == DFLASH:
+        folder = dflash_drafter_folder(drafter, verifier_config) if resolved.shipped else resolved.folder
         config = read_config(folder)
         check_fits(config, verifier_config, str(folder))
         load_dflash(folder, verifier_config)  # weights and mask embedding checked as generate checks them
@@ -61,13 +60,14 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
         return SpeculativeSetup({"method": "dflash", "model": str(folder.resolve()),
                                  "num_speculative_tokens": gamma or config.block_size - 1})
     gamma = gamma or DEFAULT_GAMMA
-    if drafter == "ngram":
+    if resolved.kind == PROMPT_LOOKUP:
         return SpeculativeSetup({"method": "ngram", "num_speculative_tokens": gamma,
                                  "prompt_lookup_max": NGRAM_MAX, "prompt_lookup_min": NGRAM_MIN})
-    if saved is not None or dream:  # ours, Dream, DiffuCoder: checked as generate checks them
-        check_drafter_spec(drafter, verifier_tokenizer)
+    if proposed_by_us:
+        check_drafter_spec(drafter, verifier_tokenizer)  # checked as generate checks them
         return SpeculativeSetup({"method": "custom_class", "model": PROPOSER_CLASS, "num_speculative_tokens": gamma},
-                                {DRAFTER_ENV: str(saved or drafter), STEPS_ENV: str(steps), SOURCES_ENV: tree.sources})
+                                {DRAFTER_ENV: str(resolved.folder or drafter), STEPS_ENV: str(steps),
+                                 SOURCES_ENV: tree.sources})
     raise ValueError(f"--drafter {drafter!r} is not a DFlash folder, a diffusion drafter (ours, Dream or DiffuCoder), "
                      "'ngram' or 'none' "
                      "(vLLM serves those; `specdiff models list` shows the shipped drafters)")
