@@ -43,14 +43,18 @@ def group_members(group: int) -> set[int]:
 
 def remove_openmp_files(pids: set[int], folder: Path = SHM) -> list[Path]:
     """Delete Intel OpenMP's registration files of ``pids`` in ``folder``; returns them."""
+    return _unlink([path for pid in pids for path in folder.glob(f"__KMP_REGISTERED_LIB_{pid}_*")])
+
+
+def _unlink(paths: list[Path]) -> list[Path]:
+    """Delete ``paths``; returns those deleted (one already gone, or not ours, is skipped)."""
     removed = []
-    for pid in pids:
-        for path in folder.glob(f"__KMP_REGISTERED_LIB_{pid}_*"):
-            try:
-                path.unlink()
-                removed.append(path)
-            except OSError:
-                continue
+    for path in paths:
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
     return removed
 
 
@@ -77,15 +81,8 @@ def remove_orphaned_segments(before: set[str], folder: Path = SHM) -> list[Path]
     new = [path for pattern in SEGMENT_PATTERNS for path in folder.glob(pattern) if path.name not in before]
     if not new:
         return []
-    held, removed = held_paths(folder), []
-    for path in new:
-        if path not in held:
-            try:
-                path.unlink()
-                removed.append(path)
-            except OSError:
-                continue
-    return removed
+    held = held_paths(folder)
+    return _unlink([path for path in new if path not in held])
 
 
 def shm_names(folder: Path = SHM) -> set[str]:
