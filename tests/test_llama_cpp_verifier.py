@@ -92,3 +92,37 @@ def test_greedy_through_the_tree_equals_plain_decoding_on_the_backend(verifier, 
         top2 = verifier.score(torch.tensor([[plain[position - 1] if position else int(prompt[0, -1])]])).logits[0, 0]
         margin = float(top2.topk(2).values[0] - top2.topk(2).values[1])
         assert margin < KERNEL_NOISE, f"outputs differ at token {position} where the top-2 margin is {margin:.2f}"
+
+
+def _generate_json(capsys, *flags):
+    import json
+
+    from specdiff.cli import main
+
+    code = main(["generate", "--backend", "llama-cpp", "--raw", "--max-new-tokens", "32", "--json",
+                 "--prompt", "def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n", *flags])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def test_generate_runs_the_gguf_through_llama_cpp(capsys):
+    by_name = _generate_json(capsys, "--verifier", "smollm2-135m-instruct")
+    plain = _generate_json(capsys, "--verifier", str(find_parts(SMOL)[0]), "--drafter", "none")
+    assert plain["verifier_calls"] == plain["new_tokens"] == 32
+    assert by_name["plans"][0] is not None, "the tree (lookup, suffix) decided each step"
+    if by_name["token_ids"] != plain["token_ids"]:  # name where: kernel noise can flip a near-tie on other CPUs
+        position = next(i for i, (x, y) in enumerate(zip(by_name["token_ids"], plain["token_ids"])) if x != y)
+        pytest.fail(f"the tree's output differs from plain decoding on the backend at token {position}")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--verifier", "smollm2-135m-instruct", "--sources", "lookup,diffusion"], "drafts from lookup and suffix only"),
+    (["--verifier", "tests"], "takes a named model"),
+])
+def test_llama_cpp_refusals_are_one_line(capsys, flags, message):
+    from specdiff.cli import main
+
+    assert main(["generate", "--backend", "llama-cpp", "--prompt", "hi", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import time
 
 from specdiff.drafters.registry import DEFAULT_DRAFTER
 from specdiff.models.registry import DEFAULT_VERIFIER
+
+BACKENDS = ("transformers", "llama-cpp")
 
 
 def add_decoding_args(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +39,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                              "or 'none' for plain decoding (no tree, no lookup)")
     add_dataclass_args(parser, DrafterConfig, prefix="drafter_")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--backend", default="transformers", choices=BACKENDS,
+                        help="transformers: the verifier in PyTorch (fp32 from the GGUF); llama-cpp: the GGUF itself "
+                             "through llama.cpp (pip install 'specdiff[llama]'; --sources lookup,suffix)")
     from specdiff.tree.config import add_tree_args
 
     add_tree_args(parser)
@@ -111,10 +117,24 @@ def check_before_loading(args, config) -> None:
         check_block(config.gamma, dflash.block_size - 1)
 
 
+def check_llama_cpp_settings(tree, plain: bool):
+    """The tree settings for the llama.cpp backend, which has no diffusion source yet: the
+    default sources without it; an explicit request for it refused."""
+    from specdiff.tree.config import TreeConfig
+
+    if plain or "diffusion" not in tree.source_names:
+        return tree
+    if tree.sources != TreeConfig.sources:
+        raise ValueError("--backend llama-cpp drafts from lookup and suffix only for now: drop 'diffusion' from "
+                         "--sources")
+    return dataclasses.replace(tree, sources=",".join(name for name in tree.source_names if name != "diffusion"))
+
+
 def cmd_generate(args) -> int:
     from specdiff.engine import stream_generate
     from specdiff.prompting import check_utf8, encode_prompt, eos_token_ids
     from specdiff.verifier import Verifier
+    from specdiff.verifiers.llama_cpp import open_gguf
 
     from specdiff.tree.build import build_tree_drafter, check_tree_config
     from specdiff.tree.config import tree_config_from_args
@@ -131,9 +151,14 @@ def cmd_generate(args) -> int:
     if not plain:
         check_tree_config(tree)
     check_utf8(args.prompt)
-    model, tokenizer, drafter = load_pair(args, config, load_drafter_model="diffusion" in tree.source_names)
+    if args.backend == "llama-cpp":
+        tree = check_llama_cpp_settings(tree, plain)
+        verifier, tokenizer = open_gguf(args.verifier)
+        model, drafter = None, None
+    else:
+        model, tokenizer, drafter = load_pair(args, config, load_drafter_model="diffusion" in tree.source_names)
+        verifier = Verifier(model)
     prompt_ids = encode_prompt(tokenizer, args.prompt, chat=not args.raw)
-    verifier = Verifier(model)
     if not plain and tree.uses_tree:
         drafter = build_tree_drafter(tree, verifier, drafter, tokenizer)
     tokens, steps, shown = [], [], ""

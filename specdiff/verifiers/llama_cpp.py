@@ -194,3 +194,27 @@ def _sequence(row: int, rows: int) -> int:
     """The llama.cpp sequence of candidate ``row`` in a pass of ``rows`` rows: a lone chain
     extends sequence 0 itself; several rows get one sequence each."""
     return 0 if rows == 1 else row + 1
+
+
+def open_gguf(spec: str, context: int = DEFAULT_CONTEXT, threads: int | None = None):
+    """(verifier, tokenizer) for a named packaged model (its GGUF as shipped, never converted
+    to fp32) or a ``.gguf`` file. The tokenizer is the prepared folder's where the model was
+    prepared, else transformers' reading of the GGUF's own vocabulary."""
+    from transformers import AutoTokenizer
+
+    from specdiff.models.prepare import gguf_file, is_prepared
+    from specdiff.models.registry import PACKAGED_MODELS
+
+    if spec in PACKAGED_MODELS:
+        path = gguf_file(spec)
+        if is_prepared(PACKAGED_MODELS[spec]):
+            from specdiff.models.loading import load_tokenizer
+
+            return LlamaCppVerifier(path, context, threads), load_tokenizer(spec)
+    elif Path(spec).is_file() and spec.endswith(".gguf"):
+        path = Path(spec)
+    else:
+        raise ValueError(f"--backend llama-cpp takes a named model ({', '.join(PACKAGED_MODELS)}) or a .gguf file, "
+                         f"got {spec!r}")
+    verifier = LlamaCppVerifier(path, context, threads)
+    return verifier, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
