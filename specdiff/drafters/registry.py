@@ -19,9 +19,7 @@ from specdiff.drafters.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, shipped_dr
 from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, shipped_dflash_dir
 
 DEFAULT_DRAFTER = "specdiff-qwen2.5-coder-1.5b"  # generate's and bench's specdiff method
-PLAIN, NGRAM = "none", "ngram"
-
-# kinds
+# kinds; the first two are also the specs that name them
 NONE = "none"  # plain decoding: no drafter
 PROMPT_LOOKUP = "ngram"  # vLLM's n-gram proposer (serve, bench's vllm-ngram)
 DIFFUSION = "diffusion"  # our standalone diffusion drafter: a folder of deltas over a base model
@@ -45,14 +43,14 @@ class DrafterSpec:
 
 def shipped_names() -> tuple[str, ...]:
     """Every drafter name this package ships, with ``none``: what an unknown name is told to pick from."""
-    return (*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, PLAIN)
+    return (*SHIPPED_DRAFTERS, *SHIPPED_DFLASH, NONE)
 
 
 def resolve(spec: str) -> DrafterSpec:
     """The kind of drafter ``spec`` names (reading at most a config file; no weights)."""
-    if spec.lower() == PLAIN:
+    if spec.lower() == NONE:
         return DrafterSpec(spec, NONE)
-    if spec == NGRAM:
+    if spec == PROMPT_LOOKUP:
         return DrafterSpec(spec, PROMPT_LOOKUP)
     if spec in SHIPPED_DRAFTERS:
         return DrafterSpec(spec, DIFFUSION, shipped_drafter_dir(spec), shipped=True)
