@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from specdiff.models.linear_kernels import kernel_mode
 from specdiff.models.loading import cache_keyword
 
 
@@ -101,6 +102,15 @@ class Verifier:
         self.hidden_size = model.config.hidden_size
         self.max_length = getattr(model.config, "max_position_embeddings", None)
         self._cache = DynamicCache(config=model.config)
+
+    @property
+    def cost_identity(self) -> str:
+        """What a verification pass's cost depends on besides the CPU: the backend, the model's
+        shape and dtype, the threads and the linear kernels (a verify-cost cache key)."""
+        config, parameters = self.model.config, sum(p.numel() for p in self.model.parameters())
+        return (f"transformers {type(self.model).__name__} {config.num_hidden_layers} layers {parameters} parameters "
+                f"{self.model.dtype} | torch {torch.__version__} {torch.get_num_threads()} threads | "
+                f"kernels {kernel_mode()}")
 
     @property
     def _cache_argument(self) -> dict:

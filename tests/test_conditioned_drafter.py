@@ -184,7 +184,7 @@ def test_cli_generates_with_an_untrained_dflash_drafter(tiny_model_dir, capsys):
     speculative = json.loads(capsys.readouterr().out)
     assert main(common + ["--drafter", "none"]) == 0
     assert json.loads(capsys.readouterr().out)["token_ids"] == speculative["token_ids"]
-    assert max(speculative["accepted_lengths"]) <= 4
+    assert max(speculative["accepted_lengths"]) <= 4 + 1  # tokens committed per call: gamma drafts + the verifier's
 
 
 def test_a_gamma_beyond_the_drafters_block_is_refused_before_any_model_loads(tiny_model_dir, tmp_path, capsys,

@@ -124,28 +124,28 @@ def test_int8_layers_compute_near_the_fp32_product_and_are_used():
 
 
 def test_plan_cache_survives_a_folder_in_its_place_and_absurd_nesting(tmp_path):
-    from specdiff.models.linear_kernels import KernelPlan, _read_plans, _store_plan
+    from specdiff.machine_cache import read_entries, store_entry
 
     folder_in_the_way = tmp_path / "kernel_plans.json"
     folder_in_the_way.mkdir()
-    _store_plan(folder_in_the_way, "k", KernelPlan(("linear",) * len(linear_kernels.ROW_BUCKETS)))
+    store_entry(folder_in_the_way, "k", ["linear"] * len(linear_kernels.ROW_BUCKETS))
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == [], "no .partial file left"
     nested = tmp_path / "nested.json"
     nested.write_text("[" * 100_000 + "]" * 100_000)
-    assert _read_plans(nested) == {}
+    assert read_entries(nested) == {}
 
 
 def _store_many(path, prefix, count):
-    from specdiff.models.linear_kernels import KernelPlan, _store_plan
+    from specdiff.machine_cache import store_entry
 
     for index in range(count):
-        _store_plan(path, f"{prefix}{index}", KernelPlan(("linear",) * len(linear_kernels.ROW_BUCKETS)))
+        store_entry(path, f"{prefix}{index}", ["linear"] * len(linear_kernels.ROW_BUCKETS))
 
 
 def test_processes_storing_plans_at_once_keep_each_others_entries(tmp_path):
     import multiprocessing
 
-    from specdiff.models.linear_kernels import _read_plans
+    from specdiff.machine_cache import read_entries
 
     path = tmp_path / "kernel_plans.json"
     context = multiprocessing.get_context("fork")
@@ -154,4 +154,4 @@ def test_processes_storing_plans_at_once_keep_each_others_entries(tmp_path):
         writer.start()
     for writer in writers:
         writer.join(60)
-    assert len(_read_plans(path)) == 120, "every writer's entries were kept"
+    assert len(read_entries(path)) == 120, "every writer's entries were kept"

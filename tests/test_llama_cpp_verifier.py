@@ -4,6 +4,7 @@ greedy output through it equals plain decoding on the same backend (or differs o
 one-token and multi-token passes round a near-tie differently, which is reported)."""
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -126,3 +127,33 @@ def test_llama_cpp_refusals_are_one_line(capsys, flags, message):
     assert main(["generate", "--backend", "llama-cpp", "--prompt", "hi", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def _bench(tmp_path, capsys, *flags):
+    from specdiff.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": text}) + "\n" for i, text in enumerate(
+        ["def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n", "Write a function that reverses a list."])))
+    code = main(["bench", "--verifier", "smollm2-135m-instruct", "--dataset", "jsonl", "--data-path", str(prompts),
+                 "--max-new-tokens", "24", "--out", str(tmp_path / "bench"), *flags])
+    return code, capsys.readouterr()
+
+
+def test_bench_runs_the_backends_methods_checked_against_plain_decoding_on_it(tmp_path, capsys):
+    methods = "llama,llama-specdiff,llama-generate,llama-prompt-lookup"
+    code, captured = _bench(tmp_path, capsys, "--methods", methods)
+    assert code == 0, captured.out + captured.err
+    records = [json.loads(line) for line in (tmp_path / "bench" / "records.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r["question_id"]) for r in records) == [
+        (method, prompt) for method in sorted(methods.split(",")) for prompt in ("p0", "p1")]
+    assert all(len(r["token_ids"]) == r["new_tokens"] > 0 for r in records)
+    tree = [r for r in records if r["method"] == "llama-specdiff"]
+    assert all(len(r["plans"]) == len(r["accepted_lengths"]) and r["plans"][0] for r in tree)
+    assert "MISMATCH" not in captured.out and "NOT checked" not in captured.out
+    for record in records:  # a stored output altered beyond any near-tie is caught, named and fails the run
+        if record["method"] == "llama-specdiff" and record["question_id"] == "p0":
+            record["token_ids"][2] = (record["token_ids"][2] + 1) % 1000
+    (tmp_path / "bench" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, captured = _bench(tmp_path, capsys, "--methods", methods)
+    assert code == 1 and "MISMATCH: llama-specdiff on p0: first divergence at new token 2" in captured.out

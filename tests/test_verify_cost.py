@@ -46,3 +46,29 @@ def test_bad_flags_get_one_line(tiny_model_dir, tmp_path, capsys, flags):
     assert main(["bench-verify-cost", "--verifier", str(tiny_model_dir), "--out", str(tmp_path), *flags]) == 2
     error = capsys.readouterr().err
     assert error.startswith("specdiff: error:") and error.count("\n") == 1
+
+
+def test_the_verify_cost_table_is_measured_once_per_machine_and_model_shape(tmp_path, monkeypatch):
+    from conftest import tiny_causal_lm
+
+    from specdiff.tree import cost_cache
+    from specdiff.verifier import Verifier
+
+    monkeypatch.setenv("SPECDIFF_CACHE", str(tmp_path))
+    measured = []
+    real = cost_cache.measure_verify_costs
+    monkeypatch.setattr(cost_cache, "measure_verify_costs", lambda verifier, vocab: measured.append(verifier) or real(
+        verifier, vocab, sizes=(1, 2, 3), repeats=1))
+    two_layers = Verifier(tiny_causal_lm("llama", layers=2))
+    first = cost_cache.cached_verify_costs(two_layers)
+    again = cost_cache.cached_verify_costs(Verifier(tiny_causal_lm("llama", seed=5, layers=2)))  # same shape
+    assert len(measured) == 1 and again.table == first.table and sorted(first.table) == [1, 2, 3]
+    cost_cache.cached_verify_costs(Verifier(tiny_causal_lm("llama", layers=3)))  # another shape: its own entry
+    assert len(measured) == 2
+    path = tmp_path / cost_cache.COSTS_FILE
+    stored = json.loads(path.read_text())
+    assert len(stored) == 2
+    stored[next(key for key in stored if "2 layers" in key)] = {"1": "slow"}  # damaged: measured again
+    path.write_text(json.dumps(stored))
+    cost_cache.cached_verify_costs(two_layers)
+    assert len(measured) == 3

@@ -7,14 +7,24 @@ from pathlib import Path
 
 from specdiff.bench.equality import Divergence, explain_divergence
 
-ENGINE_REFERENCE = "vllm"  # vllm-* methods are compared with plain vLLM, within the engine
+# Plain decoding on another engine: its <engine>-* methods are compared with it, within the engine
+# (its kernels round differently from transformers'), and it with the torch reference only as an
+# engine difference, never a losslessness failure.
+ENGINE_REFERENCES = ("vllm", "llama")
 PLAIN_ENGINE = "ar-engine"  # plain decoding through our loop and kernels: the second baseline of every summary
 
 
-def reference_for(method: str, methods_present: set[str], reference: str) -> str:
+def engine_of(method: str) -> str | None:
+    """The engine whose plain method ``method`` is compared with (None: the torch reference)."""
+    engine = method.split("-", 1)[0]
+    return engine if engine in ENGINE_REFERENCES and method != engine else None
+
+
+def reference_for(method: str, methods_present: set[str], reference: str | None) -> str | None:
     """The method a method's output and time are compared with."""
-    if method.startswith(ENGINE_REFERENCE + "-") and ENGINE_REFERENCE in methods_present:
-        return ENGINE_REFERENCE
+    engine = engine_of(method)
+    if engine is not None and engine in methods_present:
+        return engine
     return reference
 
 
@@ -88,20 +98,25 @@ def _mean_speedup(rows: list[dict], by_prompt: dict, baseline: str) -> float | N
     return sum(ratios) / len(ratios) if ratios else None
 
 
-def check_equality(records: list[dict], model, encoded: dict, reference: str = "ar") -> list[tuple[str, str, Divergence]]:
-    """(method, prompt id, divergence) for every output that differs from the reference
-    (``encoded``: question id -> prompt token ids)."""
+def check_equality(records: list[dict], verifier_of, encoded: dict,
+                   reference: str | None = "ar") -> tuple[list[tuple[str, str, Divergence]], int]:
+    """(method, prompt id, divergence) for every output that differs from its reference, and
+    how many outputs were compared. ``verifier_of(reference method)``: the verifier that
+    scores a divergence's top-2 margin; ``encoded``: question id -> prompt token ids."""
     by_prompt = {(r["method"], r["question_id"]): r for r in records}
     present = {r["method"] for r in records}
-    found = []
+    found, compared = [], 0
     for record in records:
-        ref = by_prompt.get((reference_for(record["method"], present, reference), record["question_id"]))
-        if record["method"] == reference or ref is None or ref is record:
+        baseline = reference_for(record["method"], present, reference)
+        ref = by_prompt.get((baseline, record["question_id"]))
+        if ref is None or ref is record:
             continue
-        divergence = explain_divergence(model, encoded[record["question_id"]], ref["token_ids"], record["token_ids"])
+        compared += 1
+        divergence = explain_divergence(verifier_of(baseline), encoded[record["question_id"]], ref["token_ids"],
+                                        record["token_ids"])
         if divergence is not None:
             found.append((record["method"], record["question_id"], divergence))
-    return found
+    return found, compared
 
 
 def _fmt(value, pattern: str) -> str:
@@ -110,7 +125,7 @@ def _fmt(value, pattern: str) -> str:
 
 def markdown_table(summary: dict, unavailable: dict[str, str], methods: list[str], reference: str = "ar") -> str:
     second = reference != PLAIN_ENGINE  # the speed-up over our own plain loop, beside the reference's
-    lines = [f"| method | prompts | tokens/s | speed-up vs {reference} (vllm-*: vs vllm) |"
+    lines = [f"| method | prompts | tokens/s | speed-up vs {reference} (vllm-*, llama-*: vs vllm, llama) |"
              + (f" vs {PLAIN_ENGINE} |" if second else "")
              + " tau | acc@1 | acc@2 | acc@4 | draft share | verify s/call | not 1st candidate |",
              "|---|---|---|---|" + ("---|" if second else "") + "---|---|---|---|---|---|---|"]

@@ -14,10 +14,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from specdiff.bench.datasets import load_prompts
 from specdiff.bench.methods import METHODS, MethodSettings, build_methods, check_method_names
+from specdiff.bench.model_cache import BenchModels
+from specdiff.engine import DecodingConfig, autoregressive_generate
+from specdiff.models.loading import load_tokenizer
 from specdiff.models.registry import DEFAULT_VERIFIER
 from specdiff.prompting import encode_conversation
 from specdiff.run_folder import check_same_settings
@@ -92,118 +96,153 @@ def check_same_prompt(records: dict, question_id: str, prompt_ids, records_path:
                          "prompt text (was the prompt file edited?): use another --out, or restore the prompts")
 
 
-def run_bench(config: BenchConfig, out_dir: str | Path) -> tuple[list[dict], dict[str, str], object, dict]:
-    """Run what is missing; return (this run's records, unavailable methods, verifier model,
-    {question id: prompt token ids}). Inputs are checked before anything is written."""
-    from specdiff.models.loading import load_causal_lm, load_tokenizer
+@dataclass
+class BenchRun:
+    records: list[dict]  # this run's methods and prompts, earlier runs' records included
+    unavailable: dict[str, str]  # method -> why it could not run
+    models: BenchModels  # what the equality check scores divergences with
+    encoded: dict[str, torch.Tensor]  # question id -> prompt token ids
 
+
+def run_bench(config: BenchConfig, out_dir: str | Path) -> BenchRun:
+    """Run what is missing. Inputs are checked before anything is written or loaded."""
     out = Path(out_dir)
     names = [m for m in config.methods.split(",") if m]
     check_method_names(names)
     check_tree_config(config.settings.tree)
     categories = [c for c in config.categories.split(",") if c] or None
     prompts = load_prompts(config.dataset, config.data_path or None, categories, config.limit)
+    records_path = _check_out_folder(out, config)
+    records = {(r["method"], r["question_id"]): r for r in read_records(records_path)}
+    tokenizer = load_tokenizer(config.verifier)
+    for prompt in prompts:  # an edited prompt file is refused before any model loads
+        first_turn = encode_conversation(tokenizer, [prompt.turns[0]], [], config.chat)
+        check_same_prompt(records, _question_id(prompt, 0, config), first_turn, records_path)
+    models = BenchModels(config.verifier, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    methods, unavailable = build_methods(names, models, config.settings)
+    for name, reason in unavailable.items():
+        print(f"method {name} unavailable: {reason}", file=sys.stderr)
+    conversations = _conversations(prompts, config)
+    warm_ids = encode_conversation(tokenizer, ["Say hi."], [], config.chat)
+    with Recorder(records, records_path, config, total=len(conversations) * len(methods)) as recorder:
+        encoded = _run_interleaved([m for m in methods if not m.blockwise], prompts, models, recorder, warm_ids)
+        _run_blockwise([m for m in methods if m.blockwise], conversations, encoded, recorder, warm_ids, unavailable)
+    ran = {method.name for method in methods}
+    this_run = [r for key, r in records.items() if key[0] in ran and key[1] in encoded]
+    return BenchRun(this_run, unavailable, models, encoded)
+
+
+def _check_out_folder(out: Path, config: BenchConfig) -> Path:
+    """The records file; an earlier run's settings must be this run's."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     records_path = out / "records.jsonl"
     if records_path.is_file():
         check_same_settings(out / "config.json", asdict(config), SELECTION_FIELDS, flag_names=False)
-    previous = read_records(records_path)
-    records = {(r["method"], r["question_id"]): r for r in previous}
-    first_turn_tokenizer = load_tokenizer(config.verifier)
-    for prompt in prompts:  # before the model loads: an edited prompt file is refused at once
-        question_id = prompt.id if not config.all_turns else f"{prompt.id}/turn1"
-        check_same_prompt(records, question_id, encode_conversation(first_turn_tokenizer, [prompt.turns[0]], [],
-                                                                    config.chat), records_path)
-    model, tokenizer = load_causal_lm(config.verifier)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    methods, unavailable = build_methods(names, model, tokenizer, config.settings, config.verifier)
-    for name, reason in unavailable.items():
-        print(f"method {name} unavailable: {reason}", file=sys.stderr)
+    return records_path
 
-    interleaved = [m for m in methods if not getattr(m, "blockwise", False)]
-    blockwise = [m for m in methods if getattr(m, "blockwise", False)]
-    conversations = _conversations(prompts, config)
-    encoded: dict[str, object] = {}
-    with open(records_path, "a") as handle, tqdm(total=len(conversations) * len(methods), desc="bench",
-                                                  file=sys.stderr) as bar:
-        def measure(method, prompt, turn, question_id, prompt_ids) -> None:
-            output = method.run(prompt_ids, config.max_new_tokens)
-            record = {"method": method.name, "question_id": question_id, "category": prompt.category,
-                      "prompt_sha256": prompt_digest(prompt_ids),
-                      "turn": turn + 1, "new_tokens": len(output.tokens), "wall_time": output.seconds,
-                      "accepted_lengths": output.accepted_lengths, "drafted": output.drafted,
-                      "draft_seconds": output.draft_seconds, "verify_seconds": output.verify_seconds,
-                      "candidates": output.candidates, "spec_counts": output.spec_counts,
-                      "step_verify_seconds": output.step_verify_seconds, "nodes": output.nodes,
-                      "sources": output.sources, "plans": output.plans, "token_ids": output.tokens}
-            records[(method.name, question_id)] = record
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
 
-        warm_ids = encode_conversation(tokenizer, ["Say hi."], [], config.chat)
-        warmed = False
-        for index, prompt in enumerate(prompts):
-            answers: list[str] = []
-            for turn in range(len(prompt.turns) if config.all_turns else 1):
-                question_id = prompt.id if not config.all_turns else f"{prompt.id}/turn{turn + 1}"
-                prompt_ids = encode_conversation(tokenizer, list(prompt.turns[: turn + 1]), answers, config.chat)
-                encoded[question_id] = prompt_ids
-                check_same_prompt(records, question_id, prompt_ids, records_path)
-                for method in _rotated(interleaved, index):
-                    bar.update(1)
-                    if (method.name, question_id) in records:
-                        continue
-                    if not warmed:  # first-call overheads stay out of the measurements
-                        for warm in interleaved:
-                            warm.run(warm_ids, 4)
-                        warmed = True
-                    measure(method, prompt, turn, question_id, prompt_ids)
-                if config.all_turns and turn + 1 < len(prompt.turns):
-                    answers.append(tokenizer.decode(_history_answer(records, methods, question_id, prompt_ids,
-                                                                    model, tokenizer, config), skip_special_tokens=True))
-        for method in blockwise:  # one engine at a time: each holds its own copy of the verifier
-            todo = [(p, t, q) for p, t, q in conversations if (method.name, q) not in records]
-            bar.update(len(conversations) - len(todo))
-            if not todo:
-                continue
-            try:
-                method.open()
-            except Exception as error:  # an engine that cannot start is reported, not faked; the rest still run
-                reason = (str(error).splitlines() or [type(error).__name__])[0]
-                unavailable[method.name] = f"could not start: {reason}"
-                print(f"method {method.name} unavailable: {unavailable[method.name]}", file=sys.stderr)
-                continue
-            try:
-                method.run(warm_ids, 4)
-                for prompt, turn, question_id in todo:
-                    measure(method, prompt, turn, question_id, encoded[question_id])
-                    bar.update(1)
-            finally:
-                method.close()
-    ran = {method.name for method in methods}
-    this_run = [r for key, r in records.items() if key[0] in ran and key[1] in encoded]
-    return this_run, unavailable, model, encoded
+class Recorder:
+    """Runs a method on one turn and appends its record (a rerun skips records it holds)."""
+
+    def __init__(self, records: dict, path: Path, config: BenchConfig, total: int):
+        self.records, self.path, self.config, self.total = records, path, config, total
+        self.bar = self.handle = None
+
+    def __enter__(self) -> Recorder:
+        self.handle = open(self.path, "a")
+        self.bar = tqdm(total=self.total, desc="bench", file=sys.stderr)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        self.handle.close()
+
+    def done(self, method, question_id: str) -> bool:
+        return (method.name, question_id) in self.records
+
+    def measure(self, method, prompt, turn: int, question_id: str, prompt_ids) -> None:
+        output = method.run(prompt_ids, self.config.max_new_tokens)
+        record = {"method": method.name, "question_id": question_id, "category": prompt.category,
+                  "prompt_sha256": prompt_digest(prompt_ids), "turn": turn + 1, "new_tokens": len(output.tokens),
+                  "wall_time": output.seconds, **{k: v for k, v in asdict(output).items() if k not in ("tokens",
+                                                                                                   "seconds")},
+                  "token_ids": output.tokens}
+        self.records[(method.name, question_id)] = record
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+
+def _run_interleaved(methods: list, prompts, models: BenchModels, recorder: Recorder, warm_ids) -> dict:
+    """Every in-process method on every turn, their order rotating from prompt to prompt;
+    returns {question id: prompt token ids} of every turn."""
+    config, tokenizer = recorder.config, models.tokenizer
+    encoded, warmed = {}, False
+    for index, prompt in enumerate(prompts):
+        answers: list[str] = []
+        for turn in range(len(prompt.turns) if config.all_turns else 1):
+            question_id = _question_id(prompt, turn, config)
+            prompt_ids = encode_conversation(tokenizer, list(prompt.turns[: turn + 1]), answers, config.chat)
+            encoded[question_id] = prompt_ids
+            check_same_prompt(recorder.records, question_id, prompt_ids, recorder.path)
+            for method in _rotated(methods, index):
+                recorder.bar.update(1)
+                if recorder.done(method, question_id):
+                    continue
+                if not warmed:  # first-call overheads stay out of the measurements
+                    for warm in methods:
+                        warm.run(warm_ids, 4)
+                    warmed = True
+                recorder.measure(method, prompt, turn, question_id, prompt_ids)
+            if config.all_turns and turn + 1 < len(prompt.turns):
+                answer = _history_answer(recorder.records, question_id, prompt_ids, models, config)
+                answers.append(tokenizer.decode(answer, skip_special_tokens=True))
+    return encoded
+
+
+def _run_blockwise(methods: list, conversations: list[tuple], encoded: dict, recorder: Recorder, warm_ids,
+                   unavailable: dict[str, str]) -> None:
+    """Each engine that holds its own copy of the verifier over every turn, one at a time."""
+    for method in methods:
+        todo = [(p, t, q) for p, t, q in conversations if not recorder.done(method, q)]
+        recorder.bar.update(len(conversations) - len(todo))
+        if not todo:
+            continue
+        try:
+            method.open()
+        except Exception as error:  # an engine that cannot start is reported, not faked; the rest still run
+            reason = (str(error).splitlines() or [type(error).__name__])[0]
+            unavailable[method.name] = f"could not start: {reason}"
+            print(f"method {method.name} unavailable: {unavailable[method.name]}", file=sys.stderr)
+            continue
+        try:
+            method.run(warm_ids, 4)
+            for prompt, turn, question_id in todo:
+                recorder.measure(method, prompt, turn, question_id, encoded[question_id])
+                recorder.bar.update(1)
+        finally:
+            method.close()
+
+
+def _question_id(prompt, turn: int, config: BenchConfig) -> str:
+    return prompt.id if not config.all_turns else f"{prompt.id}/turn{turn + 1}"
 
 
 def _conversations(prompts, config: BenchConfig) -> list[tuple]:
     """(prompt, turn index, question id) of every measured turn, in order."""
-    return [(prompt, turn, prompt.id if not config.all_turns else f"{prompt.id}/turn{turn + 1}")
+    return [(prompt, turn, _question_id(prompt, turn, config))
             for prompt in prompts for turn in range(len(prompt.turns) if config.all_turns else 1)]
 
 
-def _history_answer(records, methods, question_id, prompt_ids, model, tokenizer, config) -> list[int]:
-    """The verifier's own greedy answer to a turn: from the reference records, else decoded here."""
-    for name in ("ar", "ar-engine"):
+def _history_answer(records, question_id, prompt_ids, models: BenchModels, config: BenchConfig) -> list[int]:
+    """The verifier's own greedy answer to a turn: from a plain method's records, else decoded here."""
+    for name in ("ar", "ar-engine", "llama"):
         if (name, question_id) in records:
             return records[(name, question_id)]["token_ids"]
-    from specdiff.engine import DecodingConfig, autoregressive_generate
-    from specdiff.prompting import eos_token_ids
-    from specdiff.verifier import Verifier
-
-    return autoregressive_generate(prompt_ids, Verifier(model), DecodingConfig(max_new_tokens=config.max_new_tokens),
-                                   eos_token_ids(model, tokenizer)).tokens
+    return autoregressive_generate(prompt_ids, models.verifier, DecodingConfig(max_new_tokens=config.max_new_tokens),
+                                   models.eos).tokens
 
 
 def _rotated(methods: list, index: int) -> list:

@@ -20,7 +20,7 @@ def tree_statistics(records: list[dict]) -> dict[str, dict]:
     """{method: statistics} for the methods whose records hold tree plans."""
     by_method: dict[str, list[dict]] = defaultdict(list)
     for record in records:
-        if record.get("plans"):
+        if any(record.get("plans") or []):
             by_method[record["method"]].append(record)
     return {method: _statistics(rows) for method, rows in by_method.items()}
 

@@ -21,8 +21,13 @@ import os
 import time
 
 import torch
+from transformers import AutoConfig
 
 from specdiff.bench.method_output import MethodOutput
+from specdiff.models.loading import resolve_model_folder
+from specdiff.prompting import truncate_at_eos
+from specdiff.serving.speculative import speculative_setup
+from specdiff.tree.config import TreeConfig
 
 VLLM_METHODS = ("vllm", "vllm-ngram", "vllm-dflash", "vllm-specdiff")
 
@@ -48,8 +53,7 @@ class VllmMethod:
         self.llm = None
 
     def open(self) -> None:
-        from specdiff.models.loading import resolve_model_folder
-        from specdiff.serving.environment import import_vllm
+        from specdiff.serving.environment import import_vllm  # vLLM is optional
 
         os.environ.update(self.environment)  # the custom proposer reads its drafter from here
         vllm = import_vllm()
@@ -63,9 +67,7 @@ class VllmMethod:
         gc.collect()
 
     def run(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> MethodOutput:
-        from vllm import SamplingParams, TokensPrompt
-
-        from specdiff.prompting import truncate_at_eos
+        from vllm import SamplingParams, TokensPrompt  # vLLM is optional
 
         drafts_before, accepted_before = spec_counters(self.llm)
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
@@ -79,3 +81,19 @@ class VllmMethod:
         per_position = [a - b for a, b in zip(accepted, accepted_before + [0] * len(accepted))]
         return MethodOutput(tokens, seconds, spec_counts={"drafts": drafts - drafts_before,
                                                           "accepted_per_position": per_position})
+
+
+def build(name: str, models, settings) -> VllmMethod:
+    """The bench method ``name`` (one of ``VLLM_METHODS``): its drafter checked as ``serve``
+    checks it, before any engine starts."""
+    drafter = {"vllm": "none", "vllm-ngram": "ngram", "vllm-dflash": settings.dflash_drafter,
+               "vllm-specdiff": settings.specdiff2_drafter}[name]
+    if not drafter:
+        raise FileNotFoundError(f"no drafter given for {name} (--dflash-drafter PATH)")
+    gamma = {"vllm-ngram": settings.prompt_lookup_tokens, "vllm-dflash": settings.gamma_dflash,
+             "vllm-specdiff": settings.gamma}.get(name)
+    verifier_config = AutoConfig.from_pretrained(resolve_model_folder(models.verifier_spec))
+    setup = speculative_setup(drafter, verifier_config, gamma,
+                              sources=settings.tree.sources if name == "vllm-specdiff" else TreeConfig.sources,
+                              verifier_tokenizer=models.tokenizer)
+    return VllmMethod(name, models.verifier_spec, setup.config, setup.environment, models.eos)

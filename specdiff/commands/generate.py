@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import time
 
@@ -117,28 +116,15 @@ def check_before_loading(args, config) -> None:
         check_block(config.gamma, dflash.block_size - 1)
 
 
-def check_llama_cpp_settings(tree, plain: bool):
-    """The tree settings for the llama.cpp backend, which has no diffusion source yet: the
-    default sources without it; an explicit request for it refused."""
-    from specdiff.tree.config import TreeConfig
-
-    if plain or "diffusion" not in tree.source_names:
-        return tree
-    if tree.sources != TreeConfig.sources:
-        raise ValueError("--backend llama-cpp drafts from lookup and suffix only for now: drop 'diffusion' from "
-                         "--sources")
-    return dataclasses.replace(tree, sources=",".join(name for name in tree.source_names if name != "diffusion"))
-
-
 def cmd_generate(args) -> int:
+    from specdiff.bench.method_output import step_columns
     from specdiff.engine import stream_generate
     from specdiff.prompting import check_utf8, encode_prompt, eos_token_ids
-    from specdiff.verifier import Verifier
-    from specdiff.verifiers.llama_cpp import open_gguf
-
     from specdiff.tree.build import build_tree_drafter, check_tree_config
     from specdiff.tree.config import tree_config_from_args
     from specdiff.tree.drafter import TreeDrafter
+    from specdiff.verifier import Verifier
+    from specdiff.verifiers.llama_cpp import open_gguf, tree_for_llama_cpp
 
     config = decoding_config(args)
     with naming_flag("--sources/--datastore/--tree-*"):
@@ -152,7 +138,7 @@ def cmd_generate(args) -> int:
         check_tree_config(tree)
     check_utf8(args.prompt)
     if args.backend == "llama-cpp":
-        tree = check_llama_cpp_settings(tree, plain)
+        tree = tree_for_llama_cpp(tree, plain)
         verifier, tokenizer = open_gguf(args.verifier)
         model, drafter = None, None
     else:
@@ -181,15 +167,9 @@ def cmd_generate(args) -> int:
             "tau": tau,
             "tokens_per_s": len(tokens) / seconds,
             "seconds": seconds,
-            "accepted_lengths": [step.accepted for step in steps],
-            "sources": [step.source for step in steps],
-            "nodes": [step.nodes for step in steps],
-            "plans": [step.plan for step in steps],
+            **step_columns(steps),
             "acceptance_by_source": drafter.estimates.table() if isinstance(drafter, TreeDrafter) else None,
             "verify_cost_seconds": drafter.costs.table if isinstance(drafter, TreeDrafter) else None,
-            "chosen_candidates": [step.candidate for step in steps],
-            "draft_seconds": sum(step.draft_seconds for step in steps),
-            "verify_seconds": sum(step.verify_seconds for step in steps),
         }))
     else:
         print(f"\n\n[{len(tokens)} tokens, {len(steps)} verifier calls, tau {tau:.2f}, "

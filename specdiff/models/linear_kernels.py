@@ -23,11 +23,8 @@ original parameters, so tied embeddings stay tied and nothing is copied.
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -38,6 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from specdiff.machine_cache import cpu_name, read_entries, store_entry
 
 KERNEL_MODES = ("measured", "plain")  # SPECDIFF_KERNELS
 ROW_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 24, 32, 48, 64)  # a call with r rows uses the plan of the smallest bucket >= r
@@ -269,9 +268,9 @@ def machine_kernel_plan(out_features: int, in_features: int) -> KernelPlan:
     from specdiff.models.prepare import cache_root
 
     path = cache_root() / "kernel_plans.json"
-    key = f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {out_features}x{in_features}"
+    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {out_features}x{in_features}"
     try:
-        return KernelPlan(tuple(_read_plans(path)[key]))
+        return KernelPlan(tuple(read_entries(path)[key]))
     except (KeyError, TypeError, ValueError):
         pass
     size = out_features * in_features
@@ -279,7 +278,7 @@ def machine_kernel_plan(out_features: int, in_features: int) -> KernelPlan:
     values = torch.randn(count * size, generator=torch.Generator().manual_seed(0))
     weights = [values[i * size:(i + 1) * size].view(out_features, in_features) for i in range(count)]
     plan, _ = measure_kernel_plan(weights)
-    _store_plan(path, key, plan)
+    store_entry(path, key, list(plan.by_bucket))
     return plan
 
 
@@ -298,39 +297,3 @@ def kernel_mode() -> str:
         raise ValueError(f"SPECDIFF_KERNELS={os.environ['SPECDIFF_KERNELS']!r} is not one of "
                          f"{', '.join(KERNEL_MODES)}: unset it or set one of those")
     return mode
-
-
-def _read_plans(path) -> dict:
-    """The stored plans, or {} when the file is missing or not a JSON object we wrote."""
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        return {}
-    return stored if isinstance(stored, dict) else {}
-
-
-def _store_plan(path, key: str, plan: KernelPlan) -> None:
-    """Add ``plan`` to the file under an exclusive lock (read, merge, atomic replace), so that
-    processes measuring at once keep each other's entries. A cache that cannot be written
-    (read-only, a folder in the way) is skipped: the plan is measured again next time."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            stored = _read_plans(path)
-            stored[key] = list(plan.by_bucket)
-            partial.write_text(json.dumps(stored, indent=2) + "\n")
-            os.replace(partial, path)  # atomic: a reader never sees half a file
-    except OSError:
-        partial.unlink(missing_ok=True)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -3,10 +3,9 @@ the verify-cost table measured on this machine."""
 
 from __future__ import annotations
 
-import sys
-
 from specdiff.tree.config import TreeConfig
-from specdiff.tree.costs import VerifyCosts, measure_verify_costs
+from specdiff.tree.cost_cache import cached_verify_costs
+from specdiff.tree.costs import VerifyCosts
 from specdiff.tree.datastore import datastore_files, index_datastore
 from specdiff.tree.drafter import TreeDrafter
 from specdiff.tree.sources import LookupSource, ModelSource
@@ -32,7 +31,7 @@ def lookup_sources(config: TreeConfig, outputs: SuffixIndex | None) -> list[Look
 def build_tree_drafter(config: TreeConfig, verifier, drafter, tokenizer=None,
                        costs: VerifyCosts | None = None) -> TreeDrafter:
     """``drafter`` (or None) becomes the model source when ``config`` names 'diffusion';
-    ``costs`` None measures them now (18.5 s for the 1.5B on a 2-core CPU)."""
+    ``costs`` None: this machine's table for ``verifier`` (see ``cost_cache``)."""
     names = config.source_names
     if "diffusion" in names and drafter is None:
         raise ValueError("--sources names 'diffusion' but no drafter was given (--drafter)")
@@ -43,8 +42,6 @@ def build_tree_drafter(config: TreeConfig, verifier, drafter, tokenizer=None,
         index_datastore(config.datastore, tokenizer, outputs)
     lookups = lookup_sources(config, outputs)
     if costs is None:
-        costs = measure_verify_costs(verifier, verifier.vocab_size)
-        print("verify cost (tokens: ms): " + ", ".join(f"{n}: {s * 1000:.0f}" for n, s in costs.table.items()),
-              file=sys.stderr)
+        costs = cached_verify_costs(verifier)
     model = ModelSource(drafter, config.max_depth + 1) if "diffusion" in names else None
     return TreeDrafter(verifier.vocab_size, lookups, model, costs, config, outputs)

@@ -16,6 +16,7 @@ transformers backend.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from specdiff.tree.config import TreeConfig
 from specdiff.verifier import CommittedTokens, ScoredDrafts, build_trie
 
 DEFAULT_CONTEXT = 4096
@@ -68,6 +70,11 @@ class LlamaCppVerifier:
     """Keeps, in sequence 0 of llama.cpp's KV cache, every committed token except the last,
     which is the root of the next scoring pass (as ``Verifier`` does)."""
 
+    # llama.cpp is not batch-invariant: a token's logits in a pass of several tokens differ from
+    # its logits in a one-token pass, so a near-tie can flip between a speculative and a plain
+    # run. The top-2 margin moved by up to 0.96 (scripts/llama_batch_noise.py, docs/backends.md).
+    tie_margin = 1.2
+
     def __init__(self, gguf_path: str | Path, context: int = DEFAULT_CONTEXT, threads: int | None = None):
         self._llama = llama = import_llama_cpp()
         path = Path(gguf_path)
@@ -93,7 +100,14 @@ class LlamaCppVerifier:
         self.vocab_size = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
         self.max_length = min(context, llama.llama_model_n_ctx_train(self._model))
         self.threads = context_params.n_threads
+        self.gguf_path = path
         self._length = 0
+        description = ctypes.create_string_buffer(256)
+        llama.llama_model_desc(self._model, description, len(description))
+        self.cost_identity = (f"llama.cpp {llama.__version__} {description.value.decode(errors='replace')} "
+                              f"{llama.llama_model_n_params(self._model)} parameters "
+                              f"{llama.llama_model_size(self._model)} bytes | {self.threads} threads | "
+                              f"repacked {model_params.use_extra_bufts}")
 
     def __del__(self) -> None:
         llama = getattr(self, "_llama", None)
@@ -132,7 +146,6 @@ class LlamaCppVerifier:
             chunk = ids[start:start + MAX_BATCH]
             self._decode(chunk, list(range(start, start + len(chunk))), [[0]] * len(chunk), outputs=False)
         self._length = len(ids)
-        return None
 
     def score(self, candidates: Tensor, feature_layers=(), lengths: Tensor | None = None) -> ScoredDrafts:
         """candidates [K, 1 + gamma] (column 0: the last committed token) in one ``llama_decode``
@@ -218,3 +231,14 @@ def open_gguf(spec: str, context: int = DEFAULT_CONTEXT, threads: int | None = N
                          f"got {spec!r}")
     verifier = LlamaCppVerifier(path, context, threads)
     return verifier, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def tree_for_llama_cpp(tree: TreeConfig, plain: bool) -> TreeConfig:
+    """The tree settings for the llama.cpp backend, which has no diffusion source yet: the
+    default sources without it; an explicit request for it refused."""
+    if plain or "diffusion" not in tree.source_names:
+        return tree
+    if tree.sources != TreeConfig.sources:
+        raise ValueError("--backend llama-cpp drafts from lookup and suffix only for now: drop 'diffusion' from "
+                         "--sources")
+    return dataclasses.replace(tree, sources=",".join(name for name in tree.source_names if name != "diffusion"))

@@ -1,0 +1,79 @@
+"""Every model a bench run uses, loaded once, on first use, and shared by the methods that
+need it: the verifier in PyTorch, its GGUF through llama.cpp, the 0.5B (assistant and base of
+the diffusion drafters), each drafter, and each backend's verify-cost table."""
+
+from __future__ import annotations
+
+from specdiff.drafters.loading import DrafterConfig, load_drafter
+from specdiff.models.loading import check_same_tokenizer, load_causal_lm, resolve_model_folder
+from specdiff.prompting import eos_token_ids
+from specdiff.tree.cost_cache import cached_verify_costs
+from specdiff.tree.costs import VerifyCosts
+from specdiff.verifier import Verifier
+
+
+class BenchModels:
+    def __init__(self, verifier_spec: str, tokenizer):
+        self.verifier_spec, self.tokenizer = verifier_spec, tokenizer
+        self._causal_lms: dict[tuple[str, str], tuple] = {}  # (spec, dtype) -> (model, tokenizer), shared with
+        # load_drafter, so that diffusion drafters cut from a base (the 0.5B) share its weights with the assistant
+        self._drafters: dict[tuple[str, str], object] = {}
+        self._verifier: Verifier | None = None
+        self._llama = None
+        self._costs: dict[str, VerifyCosts] = {}
+
+    @property
+    def model(self):
+        """The verifier as a transformers model (fp32), loaded on first use."""
+        return self.causal_lm(self.verifier_spec)[0]
+
+    @property
+    def eos(self) -> set[int]:
+        """The ids that end an answer, the same for every backend: the tokenizer's and the
+        verifier's generation config's, read without loading its weights."""
+        from transformers import GenerationConfig
+
+        try:
+            config = GenerationConfig.from_pretrained(resolve_model_folder(self.verifier_spec))
+        except (OSError, ValueError):
+            config = None
+        return eos_token_ids(type("Config", (), {"generation_config": config}), self.tokenizer)
+
+    def causal_lm(self, spec: str) -> tuple:
+        """(model, tokenizer); another model than the verifier must share its tokenizer."""
+        key = (spec, "float32")
+        if key not in self._causal_lms:
+            self._causal_lms[key] = load_causal_lm(spec)
+        if spec != self.verifier_spec:
+            check_same_tokenizer(self.tokenizer, self._causal_lms[key][1])
+        return self._causal_lms[key]
+
+    @property
+    def verifier(self) -> Verifier:
+        if self._verifier is None:
+            self._verifier = Verifier(self.model)
+        return self._verifier
+
+    @property
+    def llama_verifier(self):
+        """The verifier's GGUF through llama.cpp (the ``llama`` extra)."""
+        if self._llama is None:
+            from specdiff.verifiers.llama_cpp import open_gguf  # llama.cpp is optional
+
+            self._llama, _ = open_gguf(self.verifier_spec)
+        return self._llama
+
+    def drafter(self, spec: str, weights: str):
+        """A drafter network, one per (spec, weights), sharing base models with the assistant."""
+        if (spec, weights) not in self._drafters:
+            self._drafters[(spec, weights)] = load_drafter(
+                spec, DrafterConfig(weights=weights), verifier_model=self.model, base_models=self._causal_lms,
+                verifier_tokenizer=self.tokenizer)[0]
+        return self._drafters[(spec, weights)]
+
+    def verify_costs(self, verifier) -> VerifyCosts:
+        """The verify-cost table of ``verifier`` on this machine (cached across runs)."""
+        key = type(verifier).__name__
+        if key not in self._costs:
+            self._costs[key] = cached_verify_costs(verifier)
+        return self._costs[key]
