@@ -2,7 +2,7 @@
 requests in flight and time how long until every process is gone, the port is free and
 /dev/shm is as it was before the server started. One markdown row per drafter.
 
-Usage, in the environment that holds vLLM (README "Serving with vLLM"):
+Usage, in the environment that holds vLLM (docs/serving.md):
     python scripts/serve_shutdown.py --verifier smollm2-135m-instruct --drafter ngram --drafter none ...
 """
 

@@ -28,13 +28,10 @@ class DecodingConfig:
     how candidates were drawn). Ignored when the verifier samples: rejection sampling
     over K drafts is exact only for i.i.d. drafts.
 
-    gamma defaults to 2, measured on a 2-core CPU with the kernels chosen for it: a verification
-    pass there costs 0.24 s for 1 token, 0.25-0.27 s for 3 and 0.35-0.36 s for 4 (the jump from
-    3 to 4 rows is the matrix-product kernels'), while the shipped drafter's acceptance falls to
-    ~0.35-0.6 at draft position 2 and ~0.15 at 3, so gamma 2 with K = 1 was fastest: 1.62x
-    plain decoding vs 1.27x at gamma 3 and 1.54x / 1.42x with K = 2 / 4 at gamma 2 (README,
-    "Choosing gamma and K"; GSM8K-train questions, not an evaluation set). GPUs verify 17
-    tokens at about the cost of one: use 16 there."""
+    gamma defaults to 2, the fastest setting measured on 2-core CPUs, where a verification pass
+    grows steeply past a few tokens and the shipped drafter's acceptance falls after slot 2
+    (docs/results/2026-11-30-verification-cost-xeon.md). GPUs verify 17 tokens at about the
+    cost of one: use 16 there."""
 
     gamma: int = field(default=2, metadata={
         "help": "draft length (2: fastest measured on a 2-core CPU; on GPUs, where a 17-token verification pass "

