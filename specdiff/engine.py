@@ -116,6 +116,8 @@ def check_context(prompt_length: int, config: DecodingConfig, max_length: int | 
         )
 
 def check_inputs(prompt_ids: Tensor, verifier: Verifier, drafter: Drafter | None, config: DecodingConfig) -> None:
+    if not hasattr(verifier, "score") or (drafter is not None and not hasattr(drafter, "draft")):
+        raise ValueError("arguments go (prompt_ids, verifier, drafter, config): pass the verifier before the drafter")
     if prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1:
         raise ValueError(f"prompt_ids must have shape [1, length] (batch size 1), got {tuple(prompt_ids.shape)}")
     if prompt_ids.shape[1] == 0:
@@ -166,14 +168,7 @@ def stream_generate(
         roots = torch.full((draft_tokens.shape[0], 1), last_token, dtype=torch.long)
         candidates = torch.cat([roots, draft_tokens], dim=1)
         scored = verifier.score(candidates, feature_layers, lengths)  # logits [K, 1 + gamma, vocab]
-        if config.sampling.greedy:
-            acceptance = greedy_accept(draft_tokens, scored.logits, lengths)
-        else:
-            draft_probs = draft.draft_probs  # None: every row deterministic, drawn from a one-hot distribution
-            if draft_probs is None:
-                draft_probs = torch.nn.functional.one_hot(draft_tokens, verifier.vocab_size).float()
-            target_probs = logits_to_probs(scored.logits, config.sampling)
-            acceptance = rejection_accept(draft_tokens, draft_probs, target_probs, generator, lengths)
+        acceptance = accept(draft, scored.logits, config.sampling, verifier.vocab_size, generator)
         committed = verifier.commit(scored, acceptance.candidate, acceptance.num_accepted)
         verified = time.perf_counter()
 
@@ -191,6 +186,18 @@ def stream_generate(
         if drafter is not None and produced < config.max_new_tokens:
             drafter.update(Accepted(new_tokens, acceptance.candidate, acceptance.num_accepted, committed.features,
                                     verify_seconds=verified - drafted))
+
+
+def accept(draft: Draft, logits: Tensor, sampling: SamplingConfig, vocab_size: int, generator: torch.Generator):
+    """Which row and how many of its tokens the verifier's ``logits`` accept: greedy, or
+    rejection sampling against the drafter's recorded distributions (a row without them is
+    deterministic: drawn from a one-hot distribution)."""
+    if sampling.greedy:
+        return greedy_accept(draft.tokens, logits, draft.lengths)
+    draft_probs = draft.draft_probs
+    if draft_probs is None:
+        draft_probs = torch.nn.functional.one_hot(draft.tokens, vocab_size).float()
+    return rejection_accept(draft.tokens, draft_probs, logits_to_probs(logits, sampling), generator, draft.lengths)
 
 
 def cut_draft(draft: Draft, room: int) -> Draft:
@@ -218,8 +225,9 @@ def generate(
     return GenerationResult(prompt_ids.shape[1], tokens, steps, time.perf_counter() - started, stop)
 
 
-def speculative_generate(prompt_ids, drafter, verifier, config, eos_token_ids=frozenset()) -> GenerationResult:
-    """Speculative decoding: the verifier's own output, faster."""
+def speculative_generate(prompt_ids, verifier, drafter, config, eos_token_ids=frozenset()) -> GenerationResult:
+    """Speculative decoding: the verifier's own output, faster. Arguments in the order every
+    call here takes them: (prompt, verifier, drafter, ...)."""
     return generate(prompt_ids, verifier, drafter, config, eos_token_ids)
 
 

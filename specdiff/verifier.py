@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from specdiff.models.linear_kernels import kernel_mode
+from specdiff.linear_kernels import kernel_mode
 from specdiff.models.loading import cache_keyword
 
 

@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 TINY_VOCAB = 32
 
 
-def tiny_causal_lm(kind: str = "llama", seed: int = 0, vocab: int = TINY_VOCAB, layers: int = 2, logit_scale: float = 1.0):
+def build_tiny_causal_lm(kind: str = "llama", seed: int = 0, vocab: int = TINY_VOCAB, layers: int = 2, logit_scale: float = 1.0):
     """A random causal LM; ``logit_scale`` sharpens its distributions."""
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
@@ -26,15 +26,15 @@ def tiny_causal_lm(kind: str = "llama", seed: int = 0, vocab: int = TINY_VOCAB, 
 
 @pytest.fixture(scope="session")
 def verifier_model():
-    return tiny_causal_lm("llama", seed=0, logit_scale=30.0)
+    return build_tiny_causal_lm("llama", seed=0, logit_scale=30.0)
 
 
 @pytest.fixture(scope="session")
 def drafter_model():
-    return tiny_causal_lm("qwen2", seed=1, logit_scale=30.0)
+    return build_tiny_causal_lm("qwen2", seed=1, logit_scale=30.0)
 
 
-def tiny_tokenizer():
+def build_tiny_tokenizer():
     """A character-level tokenizer of TINY_VOCAB entries (unknown characters map to 0)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -51,12 +51,12 @@ def tiny_tokenizer():
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny Qwen2 model with a tokenizer: loadable like any local model folder."""
     folder = tmp_path_factory.mktemp("tiny-qwen2")
-    tiny_causal_lm("qwen2", seed=4).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
+    build_tiny_causal_lm("qwen2", seed=4).save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)
     return folder
 
 
-class RunsCode:
+class RunsCodeWhenUnpickled:
     """Unpickling this runs ``touch marker``: what a hostile file would do."""
 
     def __init__(self, marker):
@@ -68,7 +68,7 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def random_teacher_shard(folder, records: int = 5, prompt_len: int = 6, completion_len: int = 20):
+def write_random_teacher_shard(folder, records: int = 5, prompt_len: int = 6, completion_len: int = 20):
     """A teacher-data folder of random token ids (one shard), as `specdiff calibrate data` writes."""
     import json
 
@@ -81,11 +81,11 @@ def random_teacher_shard(folder, records: int = 5, prompt_len: int = 6, completi
     return folder
 
 
-def sharp_random_drafter(verifier_config, block_size: int = 8):
+def build_sharp_random_drafter(verifier_config, block_size: int = 8):
     """Random weights, with per-head q/k norms scaled up so that attention is sharp: every
     slot and every context then drafts a different token (a flat random drafter drafts
     one token everywhere, which would hide a slot or position offset)."""
-    from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
+    from specdiff.drafters.conditioned.network import DFlashNetwork, dflash_config
 
     network = DFlashNetwork(dflash_config(verifier_config, 2, block_size, [2, 15, 27], mask_token_id=0),
                             separate_mask_embedding=True)
@@ -98,3 +98,31 @@ def sharp_random_drafter(verifier_config, block_size: int = 8):
                 param.fill_(6.0)
         network.mask_embedding.normal_(0, 1, generator=generator)
     return network
+
+
+# The helpers above, as fixtures: a test asks for one by name instead of importing conftest.
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm():
+    return build_tiny_causal_lm
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def RunsCode():
+    return RunsCodeWhenUnpickled
+
+
+@pytest.fixture(scope="session")
+def random_teacher_shard():
+    return write_random_teacher_shard
+
+
+@pytest.fixture(scope="session")
+def sharp_random_drafter():
+    return build_sharp_random_drafter

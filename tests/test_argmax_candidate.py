@@ -3,11 +3,10 @@ drafts worse than K = 1; sampled verification never gets such non-i.i.d. candida
 
 import pytest
 import torch
-from conftest import tiny_causal_lm
 
 from specdiff.drafters import AutoregressiveDrafter
-from specdiff.drafters.diffusion import DiffusionDrafter
-from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.standalone.drafter import DiffusionDrafter
+from specdiff.drafters.standalone.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.engine import DecodingConfig, speculative_generate
 from specdiff.sampling import SamplingConfig, make_first_candidate_greedy
 from specdiff.verifier import Verifier
@@ -26,7 +25,7 @@ def test_first_candidate_becomes_argmax_and_the_others_stay():
     assert tokens[0].tolist() == [3, 3]  # inputs untouched
 
 
-def make(kind: str):
+def make(tiny_causal_lm, kind: str):
     if kind == "ar":
         return AutoregressiveDrafter(tiny_causal_lm("qwen2", seed=5))
     network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
@@ -34,8 +33,8 @@ def make(kind: str):
 
 
 @pytest.mark.parametrize("kind", ["diffusion-1-pass", "diffusion-3-passes", "ar"])
-def test_candidate_zero_is_the_single_greedy_draft(kind):
-    drafter = make(kind)
+def test_candidate_zero_is_the_single_greedy_draft(tiny_causal_lm, kind):
+    drafter = make(tiny_causal_lm, kind)
     prefix = [4, 9, 2, 11]
     drafter.start(prefix)
     greedy = drafter.draft(6, SamplingConfig())
@@ -74,10 +73,10 @@ class FlagSpy:
     (0.0, 1, True, False),
     (1.0, 4, True, False),  # sampled verification needs i.i.d. drafts
 ])
-def test_engine_asks_for_argmax_candidate_only_under_greedy_verification(
+def test_engine_asks_for_argmax_candidate_only_under_greedy_verification(tiny_causal_lm,
         verifier_temperature, num_drafts, argmax_candidate, expected):
-    spy = FlagSpy(make("diffusion-1-pass"))
+    spy = FlagSpy(make(tiny_causal_lm, "diffusion-1-pass"))
     config = DecodingConfig(gamma=3, num_drafts=num_drafts, max_new_tokens=8, draft_sampling=HOT,
                             sampling=SamplingConfig(temperature=verifier_temperature), argmax_candidate=argmax_candidate)
-    speculative_generate(torch.tensor([[1, 2, 3]]), spy, Verifier(tiny_causal_lm("llama", seed=0)), config)
+    speculative_generate(torch.tensor([[1, 2, 3]]), Verifier(tiny_causal_lm("llama", seed=0)), spy, config)
     assert spy.flags and set(spy.flags) == {expected}

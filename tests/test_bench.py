@@ -8,7 +8,7 @@ import torch
 
 from specdiff.bench.report import acceptance_by_position, markdown_table, summarize
 from specdiff.cli import main
-from specdiff.drafters.files import save_drafter
+from specdiff.drafters.standalone.files import save_drafter
 
 
 def test_acceptance_by_position_counts_drafted_slots():

@@ -4,12 +4,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import RunsCode, random_teacher_shard, tiny_causal_lm
 from safetensors.torch import load_file
 
 from specdiff.calibrate.losses import ce_loss, ce_streak_loss, expected_streak, streak_loss
@@ -55,7 +54,7 @@ def test_windows_see_their_prefix_and_themselves_only():
 
 
 @pytest.fixture()
-def tiny_run(tiny_model_dir, tmp_path):
+def tiny_run(random_teacher_shard, tiny_model_dir, tmp_path):
     gsm8k = tmp_path / "gsm8k.jsonl"
     gsm8k.write_text("".join(json.dumps({"question": f"what is {i} plus {i}", "answer": f"it is {2 * i}"}) + "\n"
                              for i in range(20)))
@@ -83,6 +82,7 @@ def test_interrupted_training_resumes_exactly(tiny_run, tmp_path):
     assert [row["stage"] for row in log] == ["adapt"] * 3 + ["align"] * 3
 
 
+@pytest.mark.heavy  # two processes under torchrun
 def test_two_process_ddp_training(tiny_run, tmp_path):
     out = tmp_path / "ddp"
     cfg = tiny_run
@@ -112,7 +112,7 @@ def test_two_process_ddp_training(tiny_run, tmp_path):
     assert changed  # training moved the weights, so equality is not trivial
 
 
-def test_checkpoint_that_would_run_code_is_refused(tiny_run, tmp_path):
+def test_checkpoint_that_would_run_code_is_refused(RunsCode, tiny_run, tmp_path):
     out = tmp_path / "run"
     assert train(tiny_run, out, stop_after=2) is None
     marker = tmp_path / "pwned"
@@ -174,12 +174,12 @@ def test_full_windows_are_separate_bidirectional_sequences():
     assert batch.attn_mask[1, 0].all()
 
 
-def test_calibrate_train_runs_on_a_dream_architecture_drafter(tiny_run, tmp_path):
+def test_calibrate_train_runs_on_a_dream_architecture_drafter(tiny_causal_lm, tiny_run, tmp_path):
     """Streak distillation with peft LoRA on a Dream-architecture checkpoint (the tiny fixture
     built with Dream's own code), through the CLI; the result drafts losslessly."""
     from specdiff import DecodingConfig, Verifier, autoregressive_generate, speculative_generate
     from specdiff.cli import main
-    from specdiff.drafters.diffusion import DiffusionDrafter
+    from specdiff.drafters.standalone.drafter import DiffusionDrafter
 
     dream = Path(__file__).parent / "fixtures" / "dream" / "dream-tiny-gqa"
     out = tmp_path / "dream-run"
@@ -194,5 +194,5 @@ def test_calibrate_train_runs_on_a_dream_architecture_drafter(tiny_run, tmp_path
     drafter, _ = load_drafter(str(out / "final"), verifier_model=verifier.model)
     assert isinstance(drafter, DiffusionDrafter) and drafter.network.bidirectional and drafter.network.lora
     prompt, config = torch.tensor([[1, 2, 3, 4]]), DecodingConfig(gamma=3, max_new_tokens=16)
-    assert speculative_generate(prompt, drafter, verifier, config).tokens == \
+    assert speculative_generate(prompt, verifier, drafter, config).tokens == \
         autoregressive_generate(prompt, verifier, config).tokens

@@ -6,13 +6,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import RunsCode, tiny_causal_lm
 from safetensors.torch import load_file, save_file
 
 from specdiff import DecodingConfig, SamplingConfig, Verifier, autoregressive_generate, speculative_generate
-from specdiff.drafters.conditioned import ConditionedDrafter
-from specdiff.drafters.dflash_files import DrafterMismatchError, load_dflash, save_dflash
-from specdiff.drafters.dflash_network import DFlashNetwork, default_target_layer_ids, dflash_config
+from specdiff.drafters.conditioned.drafter import ConditionedDrafter
+from specdiff.drafters.conditioned.files import DrafterMismatchError, load_dflash, save_dflash
+from specdiff.drafters.conditioned.network import DFlashNetwork, default_target_layer_ids, dflash_config
 from specdiff.drafters.loading import DrafterConfig, load_drafter
 
 PROMPTS = [[1, 2, 3, 4, 5], [7], [30, 2, 2, 2, 9, 14, 3, 3, 0, 1, 20]]
@@ -20,7 +19,7 @@ LAYER_IDS = [0, 2]
 
 
 @pytest.fixture(scope="module")
-def verifier_model():
+def verifier_model(tiny_causal_lm):
     return tiny_causal_lm("qwen2", seed=0, logit_scale=30.0, layers=4)
 
 
@@ -49,7 +48,7 @@ def test_greedy_output_equals_plain_greedy(verifier_model, gamma, num_drafts):
     for prompt in PROMPTS:
         prompt_ids = torch.tensor([prompt])
         reference = autoregressive_generate(prompt_ids, verifier, config)
-        result = speculative_generate(prompt_ids, drafter, verifier, config)
+        result = speculative_generate(prompt_ids, verifier, drafter, config)
         assert result.tokens == reference.tokens
         assert all(step.drafted <= gamma for step in result.steps)
 
@@ -59,7 +58,7 @@ def test_context_built_step_by_step_equals_one_fresh_pass(verifier_model):
     network = random_network(verifier_model)
     stepped = ConditionedDrafter(network, verifier_model)
     config = DecodingConfig(gamma=4, num_drafts=3, max_new_tokens=24, draft_sampling=SamplingConfig(temperature=3.0))
-    result = speculative_generate(torch.tensor([PROMPTS[2]]), stepped, verifier, config)
+    result = speculative_generate(torch.tensor([PROMPTS[2]]), verifier, stepped, config)
     assert any(step.accepted < step.drafted for step in result.steps)  # rejections happened
     sequence = stepped.sequence
     assert len(sequence) > len(PROMPTS[2]) + 10
@@ -164,7 +163,7 @@ def test_damaged_folders_are_refused(verifier_model, tmp_path):
         load_dflash(truncated, verifier_model.config)
 
 
-def test_a_mask_embedding_file_that_would_run_code_is_refused(verifier_model, tmp_path):
+def test_a_mask_embedding_file_that_would_run_code_is_refused(RunsCode, verifier_model, tmp_path):
     save_dflash(random_network(verifier_model), tmp_path)
     marker = tmp_path / "pwned"
     torch.save({"mask_token_id": 31, "embedding": RunsCode(marker)}, tmp_path / "mask_embedding.pt")

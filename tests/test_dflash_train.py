@@ -6,13 +6,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import random_teacher_shard, tiny_causal_lm
 from safetensors.torch import load_file
 
-from specdiff.calibrate.dflash_train import DFlashTrainConfig, build_network, train_dflash
+from specdiff.calibrate.dflash_train import DFlashTrainConfig, build_dflash_network, train_dflash
 from specdiff.calibrate.losses import ce_decay_loss
 from specdiff.calibrate.windows import make_anchor_blocks
-from specdiff.drafters.dflash_files import is_dflash_folder
+from specdiff.drafters.conditioned.files import is_dflash_folder
 from specdiff.drafters.loading import load_drafter
 
 
@@ -40,7 +39,7 @@ def test_ce_decay_weights_later_slots_less():
 
 
 @pytest.fixture
-def tiny_dflash_run(tiny_model_dir, tmp_path):
+def tiny_dflash_run(random_teacher_shard, tiny_model_dir, tmp_path):
     teacher = random_teacher_shard(tmp_path / "teacher")
     return DFlashTrainConfig(verifier=str(tiny_model_dir), teacher=str(teacher), num_layers=1, gamma=4, steps=6,
                              anchors_per_step=4, lr=1e-2, checkpoint_every=2)
@@ -50,7 +49,7 @@ def test_initialisation_copies_the_verifiers_last_layers(tiny_dflash_run, tiny_m
     from specdiff.models.loading import load_causal_lm
 
     verifier, _ = load_causal_lm(str(tiny_model_dir))
-    network = build_network(tiny_dflash_run, verifier, torch.arange(12))
+    network = build_dflash_network(tiny_dflash_run, verifier, torch.arange(12))
     assert network.config.attention_bias  # Qwen2's q/k/v biases are kept
     last = verifier.model.layers[-1]
     assert torch.equal(network.layers[0].mlp.down_proj.weight, last.mlp.down_proj.weight)
@@ -58,11 +57,11 @@ def test_initialisation_copies_the_verifiers_last_layers(tiny_dflash_run, tiny_m
     assert torch.equal(network.hidden_norm.weight, last.input_layernorm.weight)
     q_norm = network.layers[0].self_attn.q_norm.weight.detach()  # the copied layer's query scale, not 1
     assert len(set(q_norm.tolist())) == 1 and float(q_norm[0]) > 0 and float(q_norm[0]) != 1.0
-    random = build_network(replace(tiny_dflash_run, init="random"), verifier)
+    random = build_dflash_network(replace(tiny_dflash_run, init="random"), verifier)
     assert not torch.equal(random.layers[0].mlp.down_proj.weight, last.mlp.down_proj.weight)
 
 
-def test_interrupted_training_resumes_exactly(tiny_dflash_run, tmp_path):
+def test_interrupted_training_resumes_exactly(tiny_causal_lm, tiny_dflash_run, tmp_path):
     straight = train_dflash(tiny_dflash_run, tmp_path / "straight")
     assert train_dflash(tiny_dflash_run, tmp_path / "resumed", stop_after=3) is None
     resumed = train_dflash(tiny_dflash_run, tmp_path / "resumed")
@@ -88,10 +87,9 @@ def test_a_resumed_log_holds_each_step_once(tiny_dflash_run, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def test_training_learns_a_sequence(tiny_dflash_run, tmp_path):
+def test_training_learns_a_sequence(tiny_causal_lm, tiny_tokenizer, tiny_dflash_run, tmp_path):
     """A verifier with a sharp LM head (the drafter trains through it, frozen) and one
     sequence to learn: the loss must fall well below its start."""
-    from conftest import tiny_tokenizer
 
     sharp = tmp_path / "sharp-verifier"
     tiny_causal_lm("qwen2", seed=4, logit_scale=30.0).save_pretrained(sharp)
@@ -136,15 +134,15 @@ def test_a_damaged_feature_cache_entry_is_recomputed(tiny_dflash_run, tmp_path, 
 
 
 def test_a_shipped_drafter_is_rebuilt_from_its_deltas_and_the_verifier(tiny_dflash_run, tiny_model_dir, tmp_path):
-    from specdiff.drafters.shipped_dflash import build_from_shipped, write_shipped
+    from specdiff.drafters.conditioned.shipped import build_from_shipped, write_shipped
     from specdiff.models.loading import load_causal_lm
 
     verifier, _ = load_causal_lm(str(tiny_model_dir))
-    network = build_network(tiny_dflash_run, verifier, torch.arange(12))
+    network = build_dflash_network(tiny_dflash_run, verifier, torch.arange(12))
     with torch.no_grad():  # "training": a rank-2 change of one copied matrix, and a new fc
         network.layers[0].mlp.up_proj.weight.add_(torch.randn(64, 2) @ torch.randn(2, 32))
         network.fc.weight.normal_()
-    from specdiff.drafters.dflash_files import save_dflash
+    from specdiff.drafters.conditioned.files import save_dflash
 
     trained = save_dflash(network, tmp_path / "trained")
     last = verifier.config.num_hidden_layers - 1
@@ -184,11 +182,11 @@ def test_held_out_records_are_not_trained_on_and_their_acceptance_is_logged(tiny
 
 def test_ship_command_refuses_a_drafter_over_the_size_limit(tiny_dflash_run, tiny_model_dir, tmp_path, capsys):
     from specdiff.cli import main
-    from specdiff.drafters.dflash_files import save_dflash
+    from specdiff.drafters.conditioned.files import save_dflash
     from specdiff.models.loading import load_causal_lm
 
     verifier, _ = load_causal_lm(str(tiny_model_dir))
-    trained = save_dflash(build_network(replace(tiny_dflash_run, init="random"), verifier), tmp_path / "trained")
+    trained = save_dflash(build_dflash_network(replace(tiny_dflash_run, init="random"), verifier), tmp_path / "trained")
     common = ["calibrate", "ship-dflash", "--drafter", str(trained), "--verifier", str(tiny_model_dir)]
     assert main([*common, "--out", str(tmp_path / "small")]) == 0
     assert main([*common, "--out", str(tmp_path / "big"), "--max-mb", "0.001"]) == 2
@@ -211,7 +209,7 @@ def test_a_training_vocabulary_is_the_full_softmax_renormalised_over_its_rows(ti
     seen = {t for r in records for t in r["prompt_ids"] + r["completion_ids"]}
     assert vocabulary.tolist() == sorted(set(range(4)) | seen)
     assert training_vocabulary(verifier.config.vocab_size, 0, records) is None
-    network = build_network(replace(tiny_dflash_run, init="random"), verifier)
+    network = build_dflash_network(replace(tiny_dflash_run, init="random"), verifier)
     sequence = TeacherSequences(records, 64).sequence(0)
     blocks = make_anchor_blocks(sequence.ids, window_starts(sequence, 4, random.Random(0)), 4,
                                 network.mask_token_id)
@@ -261,15 +259,14 @@ def test_negative_settings_are_refused(tiny_dflash_run, field, value):
         replace(tiny_dflash_run, **{field: value})
 
 
-def test_ship_command_refuses_bad_input_before_writing(tiny_dflash_run, tiny_model_dir, tmp_path, capsys):
-    from conftest import RunsCode
+def test_ship_command_refuses_bad_input_before_writing(RunsCode, tiny_dflash_run, tiny_model_dir, tmp_path, capsys):
 
     from specdiff.cli import main
-    from specdiff.drafters.dflash_files import save_dflash
+    from specdiff.drafters.conditioned.files import save_dflash
     from specdiff.models.loading import load_causal_lm
 
     verifier, _ = load_causal_lm(str(tiny_model_dir))
-    trained = save_dflash(build_network(replace(tiny_dflash_run, init="random"), verifier), tmp_path / "trained")
+    trained = save_dflash(build_dflash_network(replace(tiny_dflash_run, init="random"), verifier), tmp_path / "trained")
     common = ["calibrate", "ship-dflash", "--drafter", str(trained), "--verifier", str(tiny_model_dir)]
     a_file = tmp_path / "a-file"
     a_file.write_text("x")

@@ -1,15 +1,14 @@
 import pytest
 import torch
-from conftest import tiny_causal_lm
 
 from specdiff.drafters.base import Accepted
-from specdiff.drafters.diffusion import DiffusionDrafter, block_attention_mask, chunk_bounds
-from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.standalone.drafter import DiffusionDrafter, block_attention_mask, chunk_bounds
+from specdiff.drafters.standalone.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.sampling import SamplingConfig
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_whole_stack_with_causal_mask_reproduces_the_base_model(kind):
+def test_whole_stack_with_causal_mask_reproduces_the_base_model(tiny_causal_lm, kind):
     base = tiny_causal_lm(kind, seed=3)
     network = diffusion_lm_from_causal_lm(base)
     ids = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(0))
@@ -18,7 +17,7 @@ def test_whole_stack_with_causal_mask_reproduces_the_base_model(kind):
     assert type(network.decoder) is type(base.model), "the base model's own transformers class"
 
 
-def test_truncated_stack_keeps_first_layers_and_head():
+def test_truncated_stack_keeps_first_layers_and_head(tiny_causal_lm):
     base = tiny_causal_lm("llama", seed=3, layers=3)
     network = diffusion_lm_from_causal_lm(base, num_layers=1)
     assert len(network.decoder.layers) == 1 and network.config.num_hidden_layers == 1
@@ -45,7 +44,7 @@ def test_chunks_cover_slots_left_to_right():
         chunk_bounds(4, 5)
 
 
-def test_cached_drafting_equals_uncached():
+def test_cached_drafting_equals_uncached(tiny_causal_lm):
     """Reusing the prefix cache across steps gives the same marginals as a fresh pass."""
     network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
     greedy = SamplingConfig()
@@ -61,7 +60,7 @@ def test_cached_drafting_equals_uncached():
     assert torch.allclose(step_two.draft_probs, fresh.draft_probs)
 
 
-def test_first_slot_of_whole_stack_drafter_is_base_models_next_token():
+def test_first_slot_of_whole_stack_drafter_is_base_models_next_token(tiny_causal_lm):
     """Shifted logits: the last prefix position predicts the first draft slot."""
     base = tiny_causal_lm("qwen2", seed=5)
     drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(base))
@@ -71,7 +70,7 @@ def test_first_slot_of_whole_stack_drafter_is_base_models_next_token():
     assert int(draft.tokens[0, 0]) == int(base(prefix).logits[0, -1].argmax())
 
 
-def test_one_pass_drafts_share_marginals_and_differ_in_tokens():
+def test_one_pass_drafts_share_marginals_and_differ_in_tokens(tiny_causal_lm):
     drafter = DiffusionDrafter(diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5)))
     drafter.start([1, 2])
     draft = drafter.draft(6, SamplingConfig(temperature=2.0), num_drafts=8, generator=torch.Generator().manual_seed(0))
@@ -80,7 +79,7 @@ def test_one_pass_drafts_share_marginals_and_differ_in_tokens():
     assert len({tuple(row) for row in draft.tokens.tolist()}) > 1
 
 
-def test_adapters_are_peft_lora_and_change_block_rows_only():
+def test_adapters_are_peft_lora_and_change_block_rows_only(tiny_causal_lm):
     from peft.tuners.lora import LoraLayer
 
     base = tiny_causal_lm("qwen2", seed=5)
@@ -102,7 +101,7 @@ def test_adapters_are_peft_lora_and_change_block_rows_only():
 
 
 def test_drafters_cut_from_one_base_share_it_and_never_write_to_it(tiny_model_dir, tmp_path):
-    from specdiff.drafters.files import load_diffusion_lm, save_drafter
+    from specdiff.drafters.standalone.files import load_diffusion_lm, save_drafter
 
     def saved(name, deltas):
         save_drafter(tmp_path / name, deltas, {"base": str(tiny_model_dir), "num_layers": 2,

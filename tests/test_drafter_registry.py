@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from specdiff.drafters import registry
-from specdiff.drafters.dflash_files import save_dflash
-from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
-from specdiff.drafters.files import save_drafter
+from specdiff.drafters.conditioned.files import save_dflash
+from specdiff.drafters.conditioned.network import DFlashNetwork, dflash_config
+from specdiff.drafters.standalone.files import save_drafter
 
 DREAM_FIXTURE = Path(__file__).parent / "fixtures" / "dream" / "dream-tiny-gqa"
 

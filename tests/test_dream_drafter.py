@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RunsCode, tiny_causal_lm, tiny_tokenizer
 from safetensors.torch import load_file
 
 from specdiff import DecodingConfig, DiffusionDrafter, Verifier, autoregressive_generate, speculative_generate
 from specdiff.drafters.base import Accepted
-from specdiff.drafters.dream import is_masked_diffusion_lm, load_dream
+from specdiff.drafters.standalone.dream import is_masked_diffusion_lm, load_dream
 from specdiff.sampling import SamplingConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dream"
@@ -45,13 +44,13 @@ def dream_drafter(name="dream-tiny-gqa", vocab_size=None, **options):
 @pytest.mark.parametrize("options", [dict(prefix="exact"), dict(prefix="approximate", prefix_refresh=3),
                                      dict(prefix="exact", steps=2)])
 @pytest.mark.parametrize("gamma", [1, 4])
-def test_greedy_with_a_dream_drafter_equals_plain_greedy(options, gamma):
+def test_greedy_with_a_dream_drafter_equals_plain_greedy(tiny_causal_lm, options, gamma):
     verifier = Verifier(tiny_causal_lm("llama", seed=0, logit_scale=30.0))
     drafter = dream_drafter(vocab_size=verifier.vocab_size, **options)
     prompt = torch.tensor([[1, 2, 3, 4, 5, 6]])
     config = DecodingConfig(gamma=gamma, max_new_tokens=24)
     plain = autoregressive_generate(prompt, verifier, config)
-    assert speculative_generate(prompt, drafter, verifier, config).tokens == plain.tokens
+    assert speculative_generate(prompt, verifier, drafter, config).tokens == plain.tokens
 
 
 def test_exact_prefix_recomputes_and_approximate_prefix_reuses():
@@ -114,7 +113,7 @@ def test_unfit_checkpoints_are_refused_before_weights_load(tmp_path, monkeypatch
     assert "\n" not in str(refused.value)
 
 
-def test_a_tokenizer_that_differs_from_the_verifiers_is_refused(tmp_path):
+def test_a_tokenizer_that_differs_from_the_verifiers_is_refused(tiny_tokenizer, tmp_path):
     verifier_tokenizer = tiny_tokenizer()
     load_dream(str(FIXTURES / "dream-tiny-gqa"), verifier_tokenizer=verifier_tokenizer)  # the fixture shares it
     folder = copy_fixture(tmp_path)
@@ -126,7 +125,7 @@ def test_a_tokenizer_that_differs_from_the_verifiers_is_refused(tmp_path):
         load_dream(str(folder), verifier_tokenizer=verifier_tokenizer)
 
 
-def _damage(folder: Path, how: str) -> None:
+def _damage(RunsCode, folder: Path, how: str) -> None:
     weights = folder / "model.safetensors"
     data = weights.read_bytes()
     if how == "truncated":
@@ -150,11 +149,11 @@ DAMAGE = ["truncated", "empty", "corrupt header", "pickle named model.safetensor
 
 @pytest.mark.parametrize("how", DAMAGE)
 @pytest.mark.parametrize("command", ["generate", "serve"])
-def test_damaged_checkpoints_are_refused_in_one_line(tmp_path, tiny_model_dir, capsys, command, how):
+def test_damaged_checkpoints_are_refused_in_one_line(RunsCode, tmp_path, tiny_model_dir, capsys, command, how):
     from specdiff.cli import main
 
     folder = copy_fixture(tmp_path)
-    _damage(folder, how)
+    _damage(RunsCode, folder, how)
     args = {"generate": ["generate", "--prompt", "ab", "--sources", "diffusion"], "serve": ["serve", "--print-command"]}
     assert main([*args[command], "--verifier", str(tiny_model_dir), "--drafter", str(folder)]) == 2
     error = capsys.readouterr().err.strip()
@@ -227,11 +226,11 @@ def test_the_reference_draft_settings_are_selectable():
     assert decoding_config(parser.parse_args(["--draft-top-k", "8"])).draft_sampling == SamplingConfig(top_k=8)
 
 
-def test_placeholders_for_unused_ids_are_not_tokens():
+def test_placeholders_for_unused_ids_are_not_tokens(tiny_tokenizer):
     """A verifier tokenizer converted from GGUF names unused ids [PAD<id>]; Dream's mask id is one."""
     from transformers import PreTrainedTokenizerFast
 
-    from specdiff.drafters.dream import check_tokenizer_fits, load_dream_tokenizer
+    from specdiff.drafters.standalone.dream import check_tokenizer_fits, load_dream_tokenizer
 
     verifier_tokenizer = tiny_tokenizer()
     verifier_tokenizer.add_tokens(["[PAD32]", "[PAD33]"])  # ids 32 and 33: placeholders

@@ -9,12 +9,20 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_causal_lm
 
-from specdiff.models import linear_kernels
-from specdiff.models.linear_kernels import (
-    PLAIN, ROW_BUCKETS, FastLinear, KernelPlan, available_kernels, fast_linear, kernel_plan, measure_kernel_plan,
-    quantize_linears, use_fast_linear)
+from specdiff import linear_kernels
+from specdiff.linear_kernels import (
+    PLAIN,
+    ROW_BUCKETS,
+    FastLinear,
+    KernelPlan,
+    available_kernels,
+    fast_linear,
+    kernel_plan,
+    measure_kernel_plan,
+    quantize_linears,
+    use_fast_linear,
+)
 
 
 @pytest.mark.parametrize("kernel", available_kernels())
@@ -88,7 +96,7 @@ def test_machine_plan_is_read_back_from_the_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_swapping_keeps_parameters_and_outputs(kind):
+def test_swapping_keeps_parameters_and_outputs(tiny_causal_lm, kind):
     model = tiny_causal_lm(kind, seed=3)
     ids = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -111,7 +119,7 @@ def test_swapping_keeps_parameters_and_outputs(kind):
     assert torch.equal(plain, before), "the plain plan is exactly transformers' model"
 
 
-def test_int8_layers_compute_near_the_fp32_product_and_are_used():
+def test_int8_layers_compute_near_the_fp32_product_and_are_used(tiny_causal_lm):
     model = use_fast_linear(tiny_causal_lm("qwen2", seed=5))
     ids = torch.randint(0, 32, (1, 9), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

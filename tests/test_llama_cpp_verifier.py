@@ -157,3 +157,24 @@ def test_bench_runs_the_backends_methods_checked_against_plain_decoding_on_it(tm
     (tmp_path / "bench" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     code, captured = _bench(tmp_path, capsys, "--methods", methods)
     assert code == 1 and "MISMATCH: llama-specdiff on p0: first divergence at new token 2" in captured.out
+
+
+def test_auto_backend_runs_a_packaged_gguf_through_llama_cpp_where_it_can(capsys):
+    from argparse import Namespace
+
+    from specdiff.commands.generate import resolve_backend
+    from specdiff.drafters.registry import DEFAULT_DRAFTER
+    from specdiff.tree.config import TreeConfig
+
+    asked = dict(backend="auto", verifier="smollm2-135m-instruct", drafter=DEFAULT_DRAFTER, dtype="float32")
+    assert resolve_backend(Namespace(**asked), TreeConfig()) == "llama-cpp"
+    assert resolve_backend(Namespace(**{**asked, "drafter": "none"}), TreeConfig()) == "llama-cpp"
+    for other in ({"drafter": "qwen2.5-coder-0.5b-instruct"}, {"verifier": "tests"}, {"dtype": "bfloat16"},
+                  {"backend": "transformers"}):
+        assert resolve_backend(Namespace(**{**asked, **other}), TreeConfig()) == "transformers", other
+    assert resolve_backend(Namespace(**asked), TreeConfig(sources="lookup,diffusion")) == "transformers"
+    from specdiff.cli import main
+
+    assert main(["generate", "--raw", "--max-new-tokens", "4", "--json", "--verifier", "smollm2-135m-instruct",
+                 "--prompt", "def add(a, b):"]) == 0
+    assert json.loads(capsys.readouterr().out)["backend"] == "llama-cpp"

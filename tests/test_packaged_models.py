@@ -44,6 +44,7 @@ def test_missing_package_names_the_pip_command(monkeypatch):
 
 
 @needs_smol
+@pytest.mark.heavy  # 40 s: the real model prepared, loaded and decoded
 def test_smollm2_end_to_end(cache, monkeypatch):
     monkeypatch.setenv("SPECDIFF_CACHE", str(cache))
     prepare(SMOL.name)
@@ -55,7 +56,7 @@ def test_smollm2_end_to_end(cache, monkeypatch):
     config = DecodingConfig(gamma=5, max_new_tokens=48)
     eos = eos_token_ids(model, tokenizer)
     reference = autoregressive_generate(prompt_ids, verifier, config, eos)
-    result = speculative_generate(prompt_ids, AutoregressiveDrafter(model), verifier, config, eos)
+    result = speculative_generate(prompt_ids, verifier, AutoregressiveDrafter(model), config, eos)
     divergence = explain_divergence(model, prompt_ids, reference.tokens, result.tokens)
     assert divergence is None, f"diverged: {divergence}"
     assert result.verifier_calls < reference.verifier_calls
@@ -128,12 +129,10 @@ def test_models_prepare_takes_every_name_models_list_shows(monkeypatch, tmp_path
     base model, a DFlash one by building its folder; other names are refused in one line."""
     from specdiff.cli import main
     from specdiff.commands import models as models_command
-    from specdiff.drafters import shipped_dflash
-    from specdiff.models import prepare as prepare_module
 
-    prepared, built = [], []
-    monkeypatch.setattr(prepare_module, "prepare", lambda name, force=False: prepared.append(name) or tmp_path)
-    monkeypatch.setattr(shipped_dflash, "dflash_drafter_folder", lambda name: built.append(name) or tmp_path)
+    prepared, built = [], []  # the command's own names for them (imported at the top of its module)
+    monkeypatch.setattr(models_command, "prepare", lambda name, force=False: prepared.append(name) or tmp_path)
+    monkeypatch.setattr(models_command, "dflash_drafter_folder", lambda name: built.append(name) or tmp_path)
     listed = models_command.shipped_drafters()
     assert any("DFlash" in kind for _, kind in listed) and any("standalone" in kind for _, kind in listed)
     for name, kind in listed:

@@ -38,7 +38,7 @@ def test_qwen_ar_drafter_reproduces_verifier_greedy(qwen_pair):
     eos = eos_token_ids(verifier_model, tokenizer)
     config = DecodingConfig(gamma=5, max_new_tokens=64)
     reference = autoregressive_generate(prompt_ids, verifier, config, eos)
-    result = speculative_generate(prompt_ids, AutoregressiveDrafter(drafter_model), verifier, config, eos)
+    result = speculative_generate(prompt_ids, verifier, AutoregressiveDrafter(drafter_model), config, eos)
     divergence = explain_divergence(verifier_model, prompt_ids, reference.tokens, result.tokens)
     assert divergence is None or divergence.is_tie, f"diverged: {divergence}"
     assert result.tau > 1.5
@@ -58,7 +58,7 @@ def test_shipped_diffusion_drafter_reproduces_verifier_greedy(qwen_pair):
     for num_drafts in (1, 4):
         config = DecodingConfig(gamma=16, max_new_tokens=48, num_drafts=num_drafts,
                                 draft_sampling=SamplingConfig(temperature=1.0) if num_drafts > 1 else None)
-        result = speculative_generate(prompt_ids, drafter, verifier, config, eos)
+        result = speculative_generate(prompt_ids, verifier, drafter, config, eos)
         divergence = explain_divergence(verifier_model, prompt_ids, reference.tokens, result.tokens)
         assert divergence is None or divergence.is_tie, f"K={num_drafts} diverged: {divergence}"
         assert result.tau > 1.2

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_causal_lm
 from exact import distribution_tv, expected_sampling_tv, sequence_distribution, total_variation
 
 from specdiff import AutoregressiveDrafter, DecodingConfig, DiffusionDrafter, Draft, SamplingConfig, Verifier, engine
 from specdiff.acceptance import Acceptance
-from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
-from specdiff.models.linear_kernels import first_rows, quantize_linears
+from specdiff.drafters.standalone.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.linear_kernels import first_rows, quantize_linears
 
 NUM_SAMPLES = 3000
 TV_BOUND = 0.06
@@ -28,12 +27,12 @@ SAMPLING = SamplingConfig(temperature=1.0)
 
 
 @pytest.fixture(scope="module")
-def verifier():
+def verifier(tiny_causal_lm):
     return Verifier(tiny_causal_lm("llama", seed=0, vocab=3, logit_scale=2.0))
 
 
 @pytest.fixture(scope="module")
-def draft_base():
+def draft_base(tiny_causal_lm):
     return tiny_causal_lm("qwen2", seed=1, vocab=3, logit_scale=2.0)
 
 
@@ -63,12 +62,12 @@ def test_the_check_has_power(exact, draft_base):
 
 
 @pytest.mark.parametrize("name, steps, num_drafts, draft_temperature", [
-    ("plain", None, 1, None),
+    pytest.param("plain", None, 1, None, marks=pytest.mark.heavy),
     ("autoregressive", None, 1, None),
     ("diffusion one pass", 1, 1, None),
-    ("diffusion two steps left to right", 2, 1, None),
-    ("diffusion K=3 drafts", 1, 3, 1.5),
-    ("diffusion, int8 weights, draft vocabulary of 2", 1, 1, None),
+    pytest.param("diffusion two steps left to right", 2, 1, None, marks=pytest.mark.heavy),
+    pytest.param("diffusion K=3 drafts", 1, 3, 1.5, marks=pytest.mark.heavy),
+    pytest.param("diffusion, int8 weights, draft vocabulary of 2", 1, 1, None, marks=pytest.mark.heavy),
 ])
 def test_speculative_sampling_matches_verifier(verifier, draft_base, exact, name, steps, num_drafts, draft_temperature):
     if name == "plain":
@@ -89,12 +88,12 @@ def test_speculative_sampling_matches_verifier(verifier, draft_base, exact, name
 
 @pytest.mark.parametrize("name, draft_sampling, num_drafts", [
     ("conditioned argmax drafts", SamplingConfig(), 1),
-    ("conditioned sampled drafts", None, 1),
-    ("conditioned K=2 sampled drafts", SamplingConfig(temperature=1.5), 2),
+    pytest.param("conditioned sampled drafts", None, 1, marks=pytest.mark.heavy),
+    pytest.param("conditioned K=2 sampled drafts", SamplingConfig(temperature=1.5), 2, marks=pytest.mark.heavy),
 ])
 def test_conditioned_drafter_sampling_matches_verifier(verifier, exact, name, draft_sampling, num_drafts):
-    from specdiff.drafters.conditioned import ConditionedDrafter
-    from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
+    from specdiff.drafters.conditioned.drafter import ConditionedDrafter
+    from specdiff.drafters.conditioned.network import DFlashNetwork, dflash_config
 
     torch.manual_seed(2)
     network = DFlashNetwork(dflash_config(verifier.model.config, 1, 4, [0, 1]), separate_mask_embedding=True)
@@ -113,7 +112,7 @@ def test_conditioned_drafter_sampling_matches_verifier(verifier, exact, name, dr
 def test_dream_drafter_sampling_matches_verifier(verifier, exact, name, prefix, num_drafts, top_k):
     """A published-architecture drafter (tests/fixtures/dream, Dream's own weights layout) on the
     3-token verifier: its 48-row head is cut to the verifier's vocabulary."""
-    from specdiff.drafters.dream import load_dream
+    from specdiff.drafters.standalone.dream import load_dream
 
     network, _ = load_dream(str(Path(__file__).parent / "fixtures" / "dream" / "dream-tiny-gqa"))
     drafter = DiffusionDrafter(network, vocab_size=3, prefix=prefix, prefix_refresh=2)
@@ -164,12 +163,14 @@ class RightToLeftDrafter:
         return Draft(tokens=tokens[None], draft_probs=probs[None])
 
 
+@pytest.mark.heavy
 def test_out_of_order_drafter_fails_the_check(verifier, exact):
     tv = total_variation(exact, sample_sequences(verifier, RightToLeftDrafter(), DecodingConfig(gamma=2, sampling=SAMPLING)))
     print(f"negative control: TV {tv:.4f} (bound {TV_BOUND})")
     assert tv > TV_BOUND, f"negative control passed the check: TV {tv:.3f}"
 
 
+@pytest.mark.heavy
 def test_best_draft_then_single_draft_rejection_fails_the_check(verifier, draft_base, exact, monkeypatch):
     """Self-selection done wrong: score the K drafts with the verifier, keep the best,
     then run single-draft rejection sampling on it. Not lossless, and the check sees it."""
@@ -230,8 +231,8 @@ def sources_verified_together(verifier, tree, config) -> set[str]:
 
 @pytest.mark.parametrize("sources, num_drafts, draft_temperature", [
     ("lookup,suffix,diffusion", 2, 1.5),
-    ("lookup,diffusion", 1, None),
-    ("lookup,suffix", 1, None),
+    pytest.param("lookup,diffusion", 1, None, marks=pytest.mark.heavy),
+    pytest.param("lookup,suffix", 1, None, marks=pytest.mark.heavy),
 ])
 def test_mixed_source_tree_sampling_matches_verifier(verifier, draft_base, exact, sources, num_drafts,
                                                      draft_temperature):
@@ -272,6 +273,7 @@ class FixedRowDrafter:
         return Draft(tokens, probs, lengths=torch.tensor([len(fixed), gamma]), sources=("suffix", "diffusion"))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("only_if_it_agrees", [False, True])
 def test_a_row_admitted_only_when_it_agrees_fails_the_check(verifier, draft_base, exact, only_if_it_agrees):
     drafter = FixedRowDrafter(DiffusionDrafter(diffusion_lm_from_causal_lm(draft_base)), [1, 1], only_if_it_agrees)

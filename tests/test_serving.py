@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RunsCode, tiny_causal_lm
 
 from specdiff.cli import main
-from specdiff.drafters.dflash_files import save_dflash
-from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
-from specdiff.drafters.diffusion import DiffusionDrafter
-from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.conditioned.files import save_dflash
+from specdiff.drafters.conditioned.network import DFlashNetwork, dflash_config
+from specdiff.drafters.standalone.drafter import DiffusionDrafter
+from specdiff.drafters.standalone.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.sampling import SamplingConfig
 from specdiff.serving.environment import vllm_environment
 from specdiff.serving.proposer import DrafterStates
@@ -20,7 +19,7 @@ from specdiff.serving.speculative import PROPOSER_CLASS, speculative_setup
 
 
 @pytest.fixture(scope="module")
-def verifier_config():
+def verifier_config(tiny_causal_lm):
     return tiny_causal_lm("qwen2", seed=0, layers=4).config
 
 
@@ -57,7 +56,7 @@ def test_a_dream_architecture_model_that_cannot_draft_is_refused_before_any_serv
         speculative_setup(str(llada), verifier_config)
 
 
-def test_drafters_that_cannot_be_served_are_refused_before_any_server(tmp_path, verifier_config):
+def test_drafters_that_cannot_be_served_are_refused_before_any_server(tiny_causal_lm, tmp_path, verifier_config):
     other = tiny_causal_lm("qwen2", seed=0, layers=4).config
     other.hidden_size = 64
     folder = dflash_folder(tmp_path, verifier_config)
@@ -69,12 +68,12 @@ def test_drafters_that_cannot_be_served_are_refused_before_any_server(tmp_path, 
         speculative_setup("ngram", verifier_config, 0)
 
 
-def test_serve_refuses_what_generate_refuses_before_vllm_starts(tmp_path, verifier_config):
+def test_serve_refuses_what_generate_refuses_before_vllm_starts(RunsCode, tmp_path, verifier_config):
     import shutil
 
     import torch
 
-    from specdiff.drafters.files import shipped_drafter_dir
+    from specdiff.drafters.standalone.files import shipped_drafter_dir
 
     truncated = dflash_folder(tmp_path / "a", verifier_config)
     weights = truncated / "model.safetensors"
@@ -124,7 +123,7 @@ def test_a_port_in_use_is_refused_in_one_line():
     check_port_free("127.0.0.1", port)  # free again once closed
 
 
-def test_serve_prints_the_vllm_command_it_would_run(tiny_model_dir, tmp_path, capsys, verifier_config):
+def test_serve_prints_the_vllm_command_it_would_run(tiny_causal_lm, tiny_model_dir, tmp_path, capsys, verifier_config):
     folder = dflash_folder(tmp_path, tiny_causal_lm("qwen2", seed=4).config)
     assert main(["serve", "--verifier", str(tiny_model_dir), "--drafter", str(folder), "--port", "8123",
                  "--print-command"]) == 0
@@ -164,7 +163,7 @@ def argmax_draft(drafter, gamma=4):
     return drafter.draft(gamma, SamplingConfig(), greedy_first=True).tokens[0].tolist()
 
 
-def test_a_requests_drafter_state_follows_it_across_batch_rows():
+def test_a_requests_drafter_state_follows_it_across_batch_rows(tiny_causal_lm):
     network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
     states = DrafterStates(lambda: DiffusionDrafter(network))
     first, second = [1, 2, 3, 4, 5], [9, 8, 7]
@@ -181,7 +180,7 @@ def test_a_requests_drafter_state_follows_it_across_batch_rows():
     assert len(states._states) == 2
 
 
-def test_finished_requests_states_are_dropped_oldest_first():
+def test_finished_requests_states_are_dropped_oldest_first(tiny_causal_lm):
     network = diffusion_lm_from_causal_lm(tiny_causal_lm("qwen2", seed=5))
     states = DrafterStates(lambda: DiffusionDrafter(network), capacity=2)
     for start in (1, 2, 3):
@@ -189,7 +188,7 @@ def test_finished_requests_states_are_dropped_oldest_first():
     assert [known for known, _ in states._states.values()] == [[2, 4, 5], [3, 4, 5]]
 
 
-def test_proposer_drafts_what_a_fresh_drafter_drafts(monkeypatch):
+def test_proposer_drafts_what_a_fresh_drafter_drafts(tiny_causal_lm, monkeypatch):
 
     from specdiff.serving import proposer as proposer_module
 
@@ -210,7 +209,7 @@ def test_the_load_client_keeps_at_most_the_level_in_flight_and_counts_tokens():
     import time
     from types import SimpleNamespace
 
-    from specdiff.serving.load_test import percentile, run_level
+    from specdiff.bench.serve_load import percentile, run_level
 
     lock, state = threading.Lock(), {"now": 0, "most": 0}
 
@@ -233,7 +232,7 @@ def test_the_load_client_keeps_at_most_the_level_in_flight_and_counts_tokens():
 def test_the_load_client_names_the_requests_that_failed():
     from types import SimpleNamespace
 
-    from specdiff.serving.load_test import run_level
+    from specdiff.bench.serve_load import run_level
 
     def create(**kwargs):
         if kwargs["messages"][0]["content"] == "bad":
@@ -295,7 +294,7 @@ def test_the_tree_policy_is_served_through_the_proposer(tmp_path, verifier_confi
         speculative_setup("specdiff-qwen2.5-coder-1.5b", verifier_config, 4, sources="lookup,bogus")
 
 
-def test_the_tree_proposer_proposes_one_chain_and_learns_across_requests():
+def test_the_tree_proposer_proposes_one_chain_and_learns_across_requests(tiny_causal_lm):
     from specdiff.serving import proposer as proposer_module
     from specdiff.tree.config import TreeConfig
 

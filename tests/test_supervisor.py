@@ -60,11 +60,10 @@ def test_sigterm_stops_the_server_and_everything_it_started_within_the_grace_tim
     (tmp_path / "__KMP_REGISTERED_LIB_1_0").write_text("another process's")
     process = start_supervisor(tmp_path, mode, grace_s=1.0)
     pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
-    started = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=15) == 0
-    took = time.monotonic() - started
-    assert took < 1.0 + 3.0, f"stopping took {took:.1f} s"
+    # The stand-ins sleep 300 s and one ignores SIGTERM: only the supervisor's kill after the
+    # 1 s grace time ends them within this bound, however loaded the machine.
+    assert process.wait(timeout=60) == 0
     assert not any(alive(pid) for pid in pids), "server or engine process left running"
     assert sorted(p.name for p in tmp_path.glob("__KMP_REGISTERED_LIB_*")) == ["__KMP_REGISTERED_LIB_1_0"]
 
@@ -89,10 +88,8 @@ def test_sigterm_before_the_server_starts_ends_the_command_at_once(tmp_path):
     while not (tmp_path / "ready").exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    started = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=10) == 0
-    assert time.monotonic() - started < 3
+    assert process.wait(timeout=20) == 0, "it would sleep 30 s, then start the server, had SIGTERM not ended it"
     assert not (tmp_path / "pids").exists(), "no server was started"
 
 

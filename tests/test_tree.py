@@ -5,7 +5,6 @@ equality of the whole tree path on tiny models."""
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_causal_lm
 
 from specdiff import (
     AutoregressiveDrafter,
@@ -16,7 +15,7 @@ from specdiff import (
     speculative_generate,
 )
 from specdiff.acceptance import greedy_accept, rejection_accept
-from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.standalone.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.tree.build import build_tree_drafter
 from specdiff.tree.config import TreeConfig
 from specdiff.tree.costs import VerifyCosts
@@ -148,13 +147,13 @@ def test_estimates_learn_from_outcomes():
 
 
 @pytest.fixture(scope="module")
-def verifier():
+def verifier(tiny_causal_lm):
     return Verifier(tiny_causal_lm("llama", seed=0, logit_scale=30.0))
 
 
 @pytest.mark.parametrize("sources", ["lookup,suffix,diffusion", "lookup", "suffix,diffusion", "lookup,diffusion"])
 @pytest.mark.parametrize("model", ["diffusion", "ar"])
-def test_tree_greedy_equals_plain_greedy(verifier, sources, model):
+def test_tree_greedy_equals_plain_greedy(tiny_causal_lm, verifier, sources, model):
     base = tiny_causal_lm("qwen2", seed=1, logit_scale=30.0)
     drafter = AutoregressiveDrafter(base) if model == "ar" else DiffusionDrafter(diffusion_lm_from_causal_lm(base))
     costs = VerifyCosts({1: 1.0, 8: 1.1, 32: 3.0})
@@ -163,7 +162,7 @@ def test_tree_greedy_equals_plain_greedy(verifier, sources, model):
     for prompt in ([1, 2, 3, 4, 5, 1, 2, 3], [7], [30, 2, 2, 2, 9, 14, 3, 3, 0, 1, 20]):
         config = DecodingConfig(gamma=3, max_new_tokens=40)
         reference = autoregressive_generate(torch.tensor([prompt]), verifier, config)
-        result = speculative_generate(torch.tensor([prompt]), tree, verifier, config)
+        result = speculative_generate(torch.tensor([prompt]), verifier, tree, config)
         assert result.tokens == reference.tokens
         kinds |= {step.source for step in result.steps if step.source}
         assert all(step.nodes <= 13 for step in result.steps)
@@ -196,9 +195,16 @@ def test_tree_statistics_from_records():
 
 
 class TimedDrafter:
-    """Stands in for a drafter whose next call takes ``delay`` seconds."""
+    """Stands in for a drafter whose next call takes ``delay`` seconds of a fake clock (the
+    source's ``time.perf_counter``), so the check cannot flake on a loaded machine."""
 
     vocab_size, feature_layers, delay = 8, (), 0.0
+
+    def __init__(self):
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
 
     def start(self, prompt, features=None):
         pass
@@ -207,19 +213,21 @@ class TimedDrafter:
         pass
 
     def draft(self, gamma, sampling, num_drafts=1, generator=None, greedy_first=False):
-        import time
-
         from specdiff import Draft
 
-        time.sleep(self.delay)
+        self.now += self.delay
         return Draft(torch.zeros(num_drafts, gamma, dtype=torch.long), torch.full((num_drafts, gamma, 8), 1 / 8))
 
 
-def test_a_catch_up_call_does_not_price_the_drafter_out():
+def test_a_catch_up_call_does_not_price_the_drafter_out(monkeypatch):
+    from types import SimpleNamespace
+
     from specdiff import SamplingConfig
+    from specdiff.tree import sources
     from specdiff.tree.sources import ModelSource
 
     drafter = TimedDrafter()
+    monkeypatch.setattr(sources, "time", SimpleNamespace(perf_counter=drafter.clock))
     source = ModelSource(drafter, steady_tokens=11)
     source.start(list(range(200)))
     drafter.delay = 0.2  # the first call runs over the whole prompt
@@ -227,10 +235,10 @@ def test_a_catch_up_call_does_not_price_the_drafter_out():
     assert source.seconds is None
     drafter.delay = 0.01
     source.propose(203, 2, SamplingConfig(), 1, None, False)  # three tokens later: a steady call
-    assert 0.005 < source.seconds < 0.1
+    assert source.seconds == pytest.approx(0.01)
     drafter.delay = 0.2
     source.propose(303, 2, SamplingConfig(), 1, None, False)  # after 100 tokens it sat out: left out
-    assert source.seconds < 0.1
+    assert source.seconds == pytest.approx(0.01)
 
 
 def test_the_cost_table_learns_from_passes():

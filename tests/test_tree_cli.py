@@ -4,7 +4,6 @@ refusals; the datastore reader."""
 import json
 
 import pytest
-from conftest import tiny_tokenizer
 
 from specdiff.cli import main
 from specdiff.tree.datastore import index_datastore
@@ -63,7 +62,7 @@ def test_tree_flags_are_refused_in_one_line(tiny_model_dir, capsys, tmp_path, fl
     assert code == 2 and message in err[-1] and err[-1].startswith("specdiff: error:")
 
 
-def test_datastore_reads_folders_of_text_and_jsonl(tmp_path):
+def test_datastore_reads_folders_of_text_and_jsonl(tiny_tokenizer, tmp_path):
     (tmp_path / "a.txt").write_text("abc abc")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.jsonl").write_text(json.dumps({"prompt": "q: ", "completion": "abd"}) + "\n\n")

@@ -1,7 +1,6 @@
 """The verifier's parts on their own: the draft trie, and commit's cache surgery."""
 
 import torch
-from conftest import tiny_causal_lm
 from transformers import DynamicCache
 
 from specdiff.models.loading import cache_keyword
@@ -27,7 +26,7 @@ def test_identical_candidates_share_every_node():
     assert trie.tokens.tolist() == [4, 7, 7] and trie.node_of.tolist() == [[0, 1, 2], [0, 1, 2]]
 
 
-def test_commit_of_a_side_branch_leaves_the_cache_of_a_plain_pass():
+def test_commit_of_a_side_branch_leaves_the_cache_of_a_plain_pass(tiny_causal_lm):
     """Committing candidate 1 (not the trie's first path) gathers its nodes behind the
     prefix; the cache must then equal one built by running the same tokens plainly."""
     model = tiny_causal_lm("qwen2", seed=2)
@@ -43,7 +42,7 @@ def test_commit_of_a_side_branch_leaves_the_cache_of_a_plain_pass():
         assert torch.allclose(ours.values, theirs.values, atol=1e-5)
 
 
-def test_commit_of_the_first_path_crops():
+def test_commit_of_the_first_path_crops(tiny_causal_lm):
     model = tiny_causal_lm("qwen2", seed=2)
     verifier = Verifier(model)
     verifier.prefill(torch.tensor([[3, 1, 4, 1]]))

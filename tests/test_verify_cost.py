@@ -48,8 +48,7 @@ def test_bad_flags_get_one_line(tiny_model_dir, tmp_path, capsys, flags):
     assert error.startswith("specdiff: error:") and error.count("\n") == 1
 
 
-def test_the_verify_cost_table_is_measured_once_per_machine_and_model_shape(tmp_path, monkeypatch):
-    from conftest import tiny_causal_lm
+def test_the_verify_cost_table_is_measured_once_per_machine_and_model_shape(tiny_causal_lm, tmp_path, monkeypatch):
 
     from specdiff.tree import cost_cache
     from specdiff.verifier import Verifier

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import sharp_random_drafter
 
 from specdiff.bench.equality import TIE_MARGIN, explain_divergence
-from specdiff.drafters.conditioned import ConditionedDrafter
-from specdiff.drafters.dflash_files import load_dflash, save_dflash
+from specdiff.drafters.conditioned.drafter import ConditionedDrafter
+from specdiff.drafters.conditioned.files import load_dflash, save_dflash
 from specdiff.engine import DecodingConfig, autoregressive_generate
 from specdiff.models.loading import load_causal_lm
 from specdiff.models.prepare import prepare
@@ -40,7 +39,7 @@ pytestmark = [
 ]
 
 
-def test_vllm_and_specdiff_draft_the_same_blocks(tmp_path, monkeypatch):
+def test_vllm_and_specdiff_draft_the_same_blocks(sharp_random_drafter, tmp_path, monkeypatch):
     monkeypatch.setenv("SPECDIFF_CACHE", str(tmp_path / "cache"))
     verifier_dir = prepare("smollm2-135m-instruct")
     model, tokenizer = load_causal_lm(str(verifier_dir))

@@ -17,10 +17,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import sharp_random_drafter
 
-from specdiff.drafters.dflash_files import save_dflash
-from specdiff.drafters.files import save_drafter
+from specdiff.drafters.conditioned.files import save_dflash
+from specdiff.drafters.standalone.files import save_drafter
 from specdiff.models.loading import load_causal_lm
 from specdiff.models.prepare import prepare
 from specdiff.serving.supervisor import GRACE_S
@@ -64,7 +63,7 @@ def wait_ready(process: subprocess.Popen, port: int, log: Path, timeout_s: float
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(sharp_random_drafter, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     env = {**os.environ, "SPECDIFF_CACHE": str(folder / "cache")}
     os.environ["SPECDIFF_CACHE"] = env["SPECDIFF_CACHE"]

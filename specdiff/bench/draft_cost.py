@@ -14,7 +14,11 @@ import time
 
 import torch
 
-from specdiff.bench.saving import save_result
+from specdiff.drafters.loading import untrained_dflash
+from specdiff.models.loading import load_causal_lm
+from specdiff.prompting import encode_prompt
+from specdiff.sampling import SamplingConfig
+from specdiff.verifier import Verifier
 
 CODE_PROMPT = (  # made up here (not from an evaluation set): cost does not depend on the text
     "Complete this Python function.\n\nfrom typing import List\n\n\ndef running_maximum(values: List[int]) "
@@ -25,11 +29,6 @@ CODE_PROMPT = (  # made up here (not from an evaluation set): cost does not depe
 
 def measure_draft_cost(verifier_spec: str, layers: list[int], gammas: list[int], repeats: int,
                        prompt: str = CODE_PROMPT) -> dict:
-    from specdiff.drafters.loading import untrained_dflash
-    from specdiff.models.loading import load_causal_lm
-    from specdiff.prompting import encode_prompt
-    from specdiff.sampling import SamplingConfig
-    from specdiff.verifier import Verifier
 
     model, tokenizer = load_causal_lm(verifier_spec)
     prompt_ids = encode_prompt(tokenizer, prompt)
@@ -76,25 +75,3 @@ def markdown(result: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(f"{c['draft_s'] * 1000:.0f} ms ({c['fraction_of_verify']:.2f}x)"
                                                      for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def cmd_draft_cost(args) -> int:
-    layers = [int(x) for x in args.layers.split(",")]
-    gammas = [int(x) for x in args.gammas.split(",")]
-    if args.repeats < 1 or min(layers) < 1 or min(gammas) < 1:
-        raise ValueError("--repeats, --layers and --gammas must be >= 1")
-    result = measure_draft_cost(args.verifier, layers, gammas, args.repeats)
-    save_result(args.out, "draft_cost", result, markdown(result))
-    return 0
-
-
-def register(commands) -> None:
-    from specdiff.bench.runner import BenchConfig
-
-    cost = commands.add_parser("bench-draft-cost", help="cost of one DFlash draft call vs a one-token verifier pass")
-    cost.add_argument("--verifier", default=BenchConfig.verifier)
-    cost.add_argument("--layers", default="1,2,3", help="comma-separated draft layer counts")
-    cost.add_argument("--gammas", default="4,8,16", help="comma-separated draft lengths")
-    cost.add_argument("--repeats", type=int, default=10)
-    cost.add_argument("--out", default="runs/draft-cost")
-    cost.set_defaults(run=cmd_draft_cost)

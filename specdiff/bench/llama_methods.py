@@ -39,8 +39,12 @@ class LlamaGenerateMethod(InProcessMethod):
         self.name, self.eos = name, eos
         llama = import_llama_cpp()
         with _unrepacked_weights_on_amx(llama):
+            # logits_all: with a draft model Llama keeps every token's logits but sizes that array by
+            # logits_all as passed, so without it a prompt over n_batch (512) tokens overflows it
+            # (llama-cpp-python 0.3.36: "could not broadcast ... into shape (0,)")
             self.llm = llama.Llama(model_path=str(gguf_path), n_ctx=DEFAULT_CONTEXT, n_threads=threads,
-                                   n_threads_batch=threads, draft_model=draft_model, verbose=False)
+                                   n_threads_batch=threads, draft_model=draft_model,
+                                   logits_all=draft_model is not None, verbose=False)
 
     def run(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> MethodOutput:
         self.llm.reset()
@@ -49,10 +53,8 @@ class LlamaGenerateMethod(InProcessMethod):
         stream = self.llm.generate(prompt_ids[0].tolist(), temp=0.0, top_k=1, top_p=1.0, min_p=0.0,
                                    repeat_penalty=1.0)
         for token in stream:
-            if token in self.eos:
-                break
-            tokens.append(token)
-            if len(tokens) >= max_new_tokens:
+            tokens.append(token)  # an EOS token ends the answer and is part of it, as in every other method
+            if token in self.eos or len(tokens) >= max_new_tokens:
                 break
         stream.close()
         return MethodOutput(tokens, time.perf_counter() - started)

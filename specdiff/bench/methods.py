@@ -46,7 +46,7 @@ from specdiff.drafters import AutoregressiveDrafter
 from specdiff.drafters.loading import DrafterConfig
 from specdiff.drafters.registry import DEFAULT_DRAFTER
 from specdiff.engine import DecodingConfig
-from specdiff.models.linear_kernels import PLAIN, kernel_plan
+from specdiff.linear_kernels import PLAIN, kernel_plan
 from specdiff.prompting import truncate_at_eos
 from specdiff.sampling import SamplingConfig
 from specdiff.tree.build import build_tree_drafter

@@ -5,11 +5,11 @@ the diffusion drafters), each drafter, and each backend's verify-cost table."""
 from __future__ import annotations
 
 from specdiff.drafters.loading import DrafterConfig, load_drafter
-from specdiff.models.loading import check_same_tokenizer, load_causal_lm, resolve_model_folder
-from specdiff.prompting import eos_token_ids
+from specdiff.models.loading import check_same_tokenizer, load_causal_lm, verifier_eos_ids
 from specdiff.tree.cost_cache import cached_verify_costs
 from specdiff.tree.costs import VerifyCosts
 from specdiff.verifier import Verifier
+from specdiff.verifiers.llama_cpp import open_gguf  # imports llama.cpp itself only when a GGUF opens
 
 
 class BenchModels:
@@ -29,15 +29,8 @@ class BenchModels:
 
     @property
     def eos(self) -> set[int]:
-        """The ids that end an answer, the same for every backend: the tokenizer's and the
-        verifier's generation config's, read without loading its weights."""
-        from transformers import GenerationConfig
-
-        try:
-            config = GenerationConfig.from_pretrained(resolve_model_folder(self.verifier_spec))
-        except (OSError, ValueError):
-            config = None
-        return eos_token_ids(type("Config", (), {"generation_config": config}), self.tokenizer)
+        """The ids that end an answer, the same for every backend (read without the weights)."""
+        return verifier_eos_ids(self.verifier_spec, self.tokenizer)
 
     def causal_lm(self, spec: str) -> tuple:
         """(model, tokenizer); another model than the verifier must share its tokenizer."""
@@ -58,8 +51,6 @@ class BenchModels:
     def llama_verifier(self):
         """The verifier's GGUF through llama.cpp (the ``llama`` extra)."""
         if self._llama is None:
-            from specdiff.verifiers.llama_cpp import open_gguf  # llama.cpp is optional
-
             self._llama, _ = open_gguf(self.verifier_spec)
         return self._llama
 

@@ -27,8 +27,9 @@ from specdiff.prompting import encode_conversation
 from specdiff.run_folder import check_same_settings
 from specdiff.tree.build import check_tree_config
 
-PRESETS = {
-    "quick": dict(dataset="humaneval", limit=3, max_new_tokens=64),
+PRESETS = {  # quick: the torch methods and the llama.cpp backend's, side by side
+    "quick": dict(dataset="humaneval", limit=3, max_new_tokens=64,
+                  methods=",".join((*METHODS, "llama", "llama-specdiff", "llama-prompt-lookup"))),
 }
 
 
@@ -126,7 +127,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> BenchRun:
         print(f"method {name} unavailable: {reason}", file=sys.stderr)
     conversations = _conversations(prompts, config)
     warm_ids = encode_conversation(tokenizer, ["Say hi."], [], config.chat)
-    with Recorder(records, records_path, config, total=len(conversations) * len(methods)) as recorder:
+    with Recorder(records, records_path, config, len(conversations) * len(methods), unavailable) as recorder:
         encoded = _run_interleaved([m for m in methods if not m.blockwise], prompts, models, recorder, warm_ids)
         _run_blockwise([m for m in methods if m.blockwise], conversations, encoded, recorder, warm_ids, unavailable)
     ran = {method.name for method in methods}
@@ -147,8 +148,9 @@ def _check_out_folder(out: Path, config: BenchConfig) -> Path:
 class Recorder:
     """Runs a method on one turn and appends its record (a rerun skips records it holds)."""
 
-    def __init__(self, records: dict, path: Path, config: BenchConfig, total: int):
+    def __init__(self, records: dict, path: Path, config: BenchConfig, total: int, unavailable: dict[str, str]):
         self.records, self.path, self.config, self.total = records, path, config, total
+        self.unavailable = unavailable  # a method that fails on a prompt is reported there and runs no more
         self.bar = self.handle = None
 
     def __enter__(self) -> Recorder:
@@ -161,10 +163,16 @@ class Recorder:
         self.handle.close()
 
     def done(self, method, question_id: str) -> bool:
-        return (method.name, question_id) in self.records
+        return (method.name, question_id) in self.records or method.name in self.unavailable
 
     def measure(self, method, prompt, turn: int, question_id: str, prompt_ids) -> None:
-        output = method.run(prompt_ids, self.config.max_new_tokens)
+        try:
+            output = method.run(prompt_ids, self.config.max_new_tokens)
+        except Exception as error:  # reported, never recorded as an answer; the other methods go on
+            reason = (str(error).splitlines() or [type(error).__name__])[0]
+            self.unavailable[method.name] = f"failed on {question_id}: {type(error).__name__}: {reason}"
+            print(f"method {method.name} {self.unavailable[method.name]}", file=sys.stderr)
+            return
         record = {"method": method.name, "question_id": question_id, "category": prompt.category,
                   "prompt_sha256": prompt_digest(prompt_ids), "turn": turn + 1, "new_tokens": len(output.tokens),
                   "wall_time": output.seconds, **{k: v for k, v in asdict(output).items() if k not in ("tokens",

@@ -19,8 +19,11 @@ import time
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
-from specdiff.bench.saving import save_result
+from specdiff.linear_kernels import PLAIN, ROW_BUCKETS, KernelPlan, kernel_plan, plan_kernels
+from specdiff.models.loading import load_causal_lm
+from specdiff.verifier import Verifier
 
 CATEGORIES = {
     "matrix products": ("mm", "linear", "matmul", "addmm", "bmm"),
@@ -81,7 +84,6 @@ def trie_candidates(root: int, num_nodes: int, num_drafts: int, vocab: int,
 
 def profile_split(verifier, candidates: torch.Tensor, past: int) -> dict[str, float]:
     """Fractions of one pass's CPU time by kind of operation."""
-    from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         verifier.score(candidates)
@@ -98,9 +100,6 @@ def measure_verify_cost(verifier_spec: str, token_counts: list[int], repeats: in
                         num_drafts: int = 4) -> dict:
     """Median pass times per (kernels, shape, tokens), the machine's rates, the roofline and
     the profile split; see the module docstring."""
-    from specdiff.models.linear_kernels import PLAIN, ROW_BUCKETS, KernelPlan, kernel_plan, plan_kernels
-    from specdiff.models.loading import load_causal_lm
-    from specdiff.verifier import Verifier
 
     model, _ = load_causal_lm(verifier_spec)
     # specdiff 0.1's fixed choice, kept as the "before" of this table: (W @ x.T).T for 2-64 rows
@@ -188,28 +187,3 @@ def markdown(result: dict) -> str:
     lines.append("Kernels specdiff picked on this machine (rows: kernel), per weight shape:")
     lines.extend(f"- {shape}: {plan}" for shape, plan in result["kernel_plans"].items())
     return "\n".join(lines) + "\n"
-
-
-def cmd_verify_cost(args) -> int:
-    try:
-        counts = [int(x) for x in args.tokens.split(",")]
-    except ValueError:
-        raise ValueError(f"--tokens takes comma-separated counts like 1,2,4,8,17,33, got {args.tokens!r}") from None
-    if min(counts) < 1 or args.repeats < 1 or args.prefill < 2:
-        raise ValueError("--tokens and --repeats must be >= 1 and --prefill >= 2")
-    result = measure_verify_cost(args.verifier, sorted(set(counts)), args.repeats, args.prefill)
-    save_result(args.out, "verify_cost", result, markdown(result))
-    return 0
-
-
-def register(commands) -> None:
-    from specdiff.bench.runner import BenchConfig
-
-    cost = commands.add_parser("bench-verify-cost",
-                               help="verifier pass time at 1-33 tokens vs this machine's roofline, by kernel")
-    cost.add_argument("--verifier", default=BenchConfig.verifier)
-    cost.add_argument("--tokens", default="1,2,4,8,17,33", help="comma-separated token counts per pass")
-    cost.add_argument("--repeats", type=int, default=5)
-    cost.add_argument("--prefill", type=int, default=120, help="cached prefix length")
-    cost.add_argument("--out", default="runs/verify-cost")
-    cost.set_defaults(run=cmd_verify_cost)

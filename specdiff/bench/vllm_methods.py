@@ -26,6 +26,7 @@ from transformers import AutoConfig
 from specdiff.bench.method_output import MethodOutput
 from specdiff.models.loading import resolve_model_folder
 from specdiff.prompting import truncate_at_eos
+from specdiff.serving.environment import offline_engine  # imports vLLM itself only when called
 from specdiff.serving.speculative import speculative_setup
 from specdiff.tree.config import TreeConfig
 
@@ -53,13 +54,9 @@ class VllmMethod:
         self.llm = None
 
     def open(self) -> None:
-        from specdiff.serving.environment import import_vllm  # vLLM is optional
-
         os.environ.update(self.environment)  # the custom proposer reads its drafter from here
-        vllm = import_vllm()
-        self.llm = vllm.LLM(model=resolve_model_folder(self.verifier), dtype="float32", enforce_eager=True, seed=0,
-                            max_model_len=self.max_model_len, speculative_config=self.speculative,
-                            disable_log_stats=False)
+        self.llm = offline_engine(self.verifier, max_model_len=self.max_model_len, speculative_config=self.speculative,
+                                  disable_log_stats=False)
 
     def close(self) -> None:
         del self.llm

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -42,13 +41,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from specdiff.calibrate.checkpoints import check_run_folder, restore_checkpoint, save_checkpoint
 from specdiff.calibrate.data import TeacherSequences, step_rng, window_starts
 from specdiff.calibrate.loop import StepLog, adamw_with_warmup
 from specdiff.calibrate.losses import window_loss
-from specdiff.calibrate.train import check_run_folder, latest_checkpoint, load_trainer_state
+from specdiff.calibrate.teacher import read_shards
 from specdiff.calibrate.windows import WindowBatch, make_anchor_blocks
-from specdiff.drafters.dflash_files import load_dflash, save_dflash
-from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
+from specdiff.drafters.conditioned.files import load_dflash, save_dflash
+from specdiff.drafters.conditioned.network import DFlashNetwork, dflash_config
+from specdiff.models.loading import load_causal_lm
 from specdiff.models.registry import DEFAULT_VERIFIER
 from specdiff.verifier import Verifier, decoder_layers
 
@@ -91,7 +92,7 @@ class DFlashTrainConfig:
             raise ValueError(f"--max-seq-len must hold a prompt token and a block of --gamma + 1, got {self.max_seq_len}")
 
 
-def build_network(cfg: DFlashTrainConfig, verifier_model, sample_ids: torch.Tensor | None = None) -> DFlashNetwork:
+def build_dflash_network(cfg: DFlashTrainConfig, verifier_model, sample_ids: torch.Tensor | None = None) -> DFlashNetwork:
     """The untrained network; ``sample_ids`` [seq_len] (a training sequence) calibrates the
     q/k norm scales of a network initialised from the verifier."""
     layer_ids = [int(x) for x in cfg.target_layers.split(",") if x.strip()] or None
@@ -253,33 +254,9 @@ def heldout_acceptance(objective: BlockObjective, held: TeacherSequences, gamma:
     return {"heldout_accept": [round(float(a), 3) for a in accept], "heldout_tau": round(1 + float(accept.sum()), 3)}
 
 
-def save_checkpoint(out: Path, network, optimizer, scheduler, step: int, keep: int = 2) -> None:
-    final, partial = out / f"checkpoint-{step:06d}", out / f".partial-{step:06d}"
-    shutil.rmtree(partial, ignore_errors=True)
-    save_dflash(network, partial)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
-               partial / "trainer.pt")
-    os.replace(partial, final)  # a checkpoint exists only once complete
-    for old in sorted(out.glob("checkpoint-*"))[:-keep]:
-        shutil.rmtree(old)
-
-
-def _resume(out: Path, network, optimizer, scheduler, verifier_config) -> int:
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None:
-        return 0
-    network.load_state_dict(load_dflash(checkpoint, verifier_config).state_dict())
-    state = load_trainer_state(checkpoint / "trainer.pt")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["step"]
-
-
 def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | None = None) -> Path | None:
     """Run (or resume) training; the final drafter folder, or None when ``stop_after``
     steps of this invocation ended it early (run again to resume)."""
-    from specdiff.calibrate.teacher import read_shards
-    from specdiff.models.loading import load_causal_lm
 
     out = Path(out_dir)
     check_run_folder(cfg, out, resumable_changes=("steps", "checkpoint_every", "feature_cache"))
@@ -294,14 +271,15 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
     wanted = [int(x) for x in cfg.target_layers.split(",") if x.strip()]
     if any(not 0 <= layer < depth for layer in wanted):  # before anything is written
         raise ValueError(f"--target-layers {cfg.target_layers} names layers outside the verifier's 0..{depth - 1}")
-    network = build_network(cfg, verifier_model, sequences.draw(step_rng(cfg.seed, -1, 0)).ids)
+    network = build_dflash_network(cfg, verifier_model, sequences.draw(step_rng(cfg.seed, -1, 0)).ids)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     objective = BlockObjective(network, verifier_model, Path(cfg.feature_cache) if cfg.feature_cache else None,
                                training_vocabulary(verifier_model.config.vocab_size, cfg.train_vocab,
                                                    sequences.records))
     optimizer, scheduler = adamw_with_warmup(network.parameters(), cfg.lr, cfg.warmup_steps)
-    step = _resume(out, network, optimizer, scheduler, verifier_model.config)
+    step = restore_checkpoint(out, lambda folder: network.load_state_dict(load_dflash(folder, verifier_model.config)
+                                                                        .state_dict()), optimizer, scheduler)
     stop_at = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     log = StepLog(out, cfg.steps, step, "train-dflash")
     try:
@@ -319,7 +297,7 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
             step += 1
             log.write(step, loss.detach(), log_q, greedy_hit, blocks.valid, time.perf_counter() - started)
             if step % cfg.checkpoint_every == 0 or step == stop_at:
-                save_checkpoint(out, network, optimizer, scheduler, step)
+                save_checkpoint(out, step, lambda folder: save_dflash(network, folder), optimizer, scheduler)
                 if held is not None:
                     log.note(step, **heldout_acceptance(objective, held, cfg.gamma, cfg.anchors_per_step, cfg.seed))
     finally:

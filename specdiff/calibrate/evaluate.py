@@ -18,11 +18,14 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from specdiff.drafters.base import Drafter
-from specdiff.engine import DecodingConfig, stream_generate
+from specdiff.engine import DecodingConfig, autoregressive_generate, stream_generate
+from specdiff.models.loading import load_causal_lm
+from specdiff.prompting import encode_prompt, eos_token_ids
 from specdiff.sampling import SamplingConfig
-from specdiff.verifier import CommittedTokens, ScoredDrafts, build_trie
+from specdiff.verifier import CommittedTokens, ScoredDrafts, Verifier, build_trie
 
 
 @dataclass
@@ -124,12 +127,6 @@ def load_trajectories(path: Path) -> dict[str, dict]:
 def verifier_trajectories(prompts, verifier_spec: str, max_new_tokens: int, out: Path) -> dict[str, dict]:
     """Plain greedy decoding of every prompt through our engine, cached in ``out``
     (one JSON line per prompt, appended as it completes, so reruns resume)."""
-    from tqdm.auto import tqdm
-
-    from specdiff.engine import DecodingConfig, autoregressive_generate
-    from specdiff.models.loading import load_causal_lm
-    from specdiff.prompting import encode_prompt, eos_token_ids
-    from specdiff.verifier import Verifier
 
     done = load_trajectories(out)
     todo = [p for p in prompts if p.id not in done]
@@ -152,7 +149,6 @@ def replay_eval(drafter, trajectories: dict[str, dict], gamma: int, num_drafts: 
                 draft_temperature: float = 0.0, seed: int = 0, verifier_model=None, draft_top_k: int = 0) -> ReplayStats:
     """Tau and acceptance by position of ``drafter`` over ``trajectories``. A drafter that
     reads hidden states needs ``verifier_model`` (one teacher-forced pass per trajectory)."""
-    from specdiff.verifier import Verifier
 
     stats = ReplayStats(gamma)
     sampling = SamplingConfig(temperature=draft_temperature, top_k=draft_top_k)

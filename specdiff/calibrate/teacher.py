@@ -20,8 +20,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from specdiff.calibrate.prompts import mixed_prompts
+from specdiff.models.loading import load_causal_lm, load_tokenizer
 from specdiff.models.registry import DEFAULT_VERIFIER
+from specdiff.prompting import encode_prompt, eos_token_ids, truncate_at_eos
 from specdiff.run_folder import check_same_settings
+from specdiff.serving.environment import import_vllm, offline_engine
 
 ENGINES = ("transformers", "vllm")
 
@@ -95,8 +99,6 @@ def _record(line: str, path: Path, number: int) -> dict:
 
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: list[str], config: TeacherConfig, seed: int) -> list[dict]:
-    from specdiff.prompting import encode_prompt, eos_token_ids, truncate_at_eos
-
     encoded = [encode_prompt(tokenizer, text)[0] for text in prompts]
     width = max(len(ids) for ids in encoded)
     vocab_size = model.get_input_embeddings().num_embeddings
@@ -129,8 +131,6 @@ def generate_batch(model, tokenizer, prompts: list[str], config: TeacherConfig, 
 
 class TransformersEngine:
     def __init__(self, config: TeacherConfig):
-        from specdiff.models.loading import load_causal_lm
-
         self.config = config
         self.model, self.tokenizer = load_causal_lm(config.verifier)
 
@@ -142,18 +142,12 @@ class VllmEngine:
     """Greedy completions from vLLM's offline engine, on the folder the verifier name resolves to."""
 
     def __init__(self, config: TeacherConfig):
-        from specdiff.models.loading import load_tokenizer, resolve_model_folder
-        from specdiff.serving.environment import import_vllm
-
         vllm = import_vllm()
         self.config, self.vllm = config, vllm
         self.tokenizer = load_tokenizer(config.verifier)
-        self.llm = vllm.LLM(model=resolve_model_folder(config.verifier), dtype="float32", enforce_eager=True,
-                            seed=config.seed, max_model_len=4096)
+        self.llm = offline_engine(config.verifier, seed=config.seed)
 
     def generate(self, prompts: list[str], seed: int) -> list[dict]:
-        from specdiff.prompting import encode_prompt
-
         encoded = [encode_prompt(self.tokenizer, text)[0].tolist() for text in prompts]
         params = self.vllm.SamplingParams(temperature=0.0, max_tokens=self.config.max_new_tokens)
         outputs = self.llm.generate([self.vllm.TokensPrompt(prompt_token_ids=ids) for ids in encoded], params,
@@ -163,8 +157,6 @@ class VllmEngine:
 
 
 def generate_teacher_data(config: TeacherConfig, out_dir: str | Path) -> Path:
-    from specdiff.calibrate.prompts import mixed_prompts
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file: give a folder for the teacher shards")

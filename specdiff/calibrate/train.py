@@ -17,8 +17,6 @@ continues exactly.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,14 +27,19 @@ import torch.distributed as dist
 from torch import nn
 from transformers import DynamicCache
 
+from specdiff.calibrate.checkpoints import check_run_folder, restore_checkpoint, save_checkpoint
 from specdiff.calibrate.data import TeacherSequences, TextSequences, step_rng, window_starts
 from specdiff.calibrate.loop import StepLog, adamw_with_warmup, init_distributed
 from specdiff.calibrate.losses import window_loss
+from specdiff.calibrate.prompts import code_texts, gsm8k_answers
+from specdiff.calibrate.teacher import read_shards
 from specdiff.calibrate.windows import WindowBatch, make_full_windows, make_windows
-from specdiff.drafters.diffusion_lm import DiffusionLM, file_name, is_own_parameter
-from specdiff.drafters.files import DRAFTER_DELTAS, load_deltas, save_drafter
-from specdiff.models.tensor_files import load_plain, load_safetensors
-from specdiff.run_folder import check_same_settings
+from specdiff.drafters.standalone.dream import is_masked_diffusion_lm, load_dream
+from specdiff.drafters.standalone.files import DRAFTER_DELTAS, load_deltas, save_drafter
+from specdiff.drafters.standalone.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.standalone.network import DiffusionLM, file_name, is_own_parameter
+from specdiff.models.loading import load_causal_lm
+from specdiff.models.tensor_files import load_safetensors
 
 
 @dataclass(frozen=True)
@@ -103,53 +106,14 @@ def drafter_config(cfg: TrainConfig, step: int, num_layers: int) -> dict:
             "training": {**asdict(cfg), "steps_done": step}}
 
 
-def save_checkpoint(out: Path, cfg: TrainConfig, network, optimizer, scheduler, step: int, keep: int = 2) -> None:
-    final = out / f"checkpoint-{step:06d}"
-    partial = out / f".partial-{step:06d}"
-    shutil.rmtree(partial, ignore_errors=True)
-    save_drafter(partial, trainable_state(network), drafter_config(cfg, step, network.config.num_hidden_layers))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
-               partial / "trainer.pt")
-    os.replace(partial, final)  # a checkpoint exists only once complete
-    for old in sorted(out.glob("checkpoint-*"))[:-keep]:
-        shutil.rmtree(old)
-
-
 # Settings a resumed run may change: more alignment steps, another checkpoint interval.
 # Every other setting shapes the model or the data stream, so it must match the run's.
 RESUMABLE_CHANGES = ("align_steps", "checkpoint_every")
 
 
-def check_run_folder(cfg, out: Path, resumable_changes: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
-    """Refuse a run folder that is a file, or that holds a run of ``cfg``'s dataclass made
-    with other settings (except ``resumable_changes``)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a run folder")
-    if latest_checkpoint(out) is not None:
-        check_same_settings(out / "config.json", asdict(cfg), resumable_changes)
-
-
-def load_trainer_state(path: Path) -> dict:
-    """Optimizer, scheduler and step of a checkpoint. Only tensors and plain containers
-    load (``weights_only``): a pickle that would run code is refused."""
-    try:
-        return load_plain(path)
-    except ValueError as error:
-        raise ValueError(f"refusing to resume: {error}; delete that checkpoint folder to resume from an earlier "
-                         "one") from None
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    complete = [p for p in sorted(out.glob("checkpoint-*")) if (p / "trainer.pt").is_file()]
-    return complete[-1] if complete else None
-
-
-def build_network(cfg: TrainConfig):
+def build_drafter_network(cfg: TrainConfig):
     """The drafter to train: cut from a causal LM, or a Dream-architecture diffusion LM
     (bidirectional; adapters then act on every row), with fresh LoRA adapters."""
-    from specdiff.drafters.dream import is_masked_diffusion_lm, load_dream
-    from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
-    from specdiff.models.loading import load_causal_lm
 
     if is_masked_diffusion_lm(cfg.base):
         network, tokenizer = load_dream(cfg.base, num_layers=cfg.num_layers)
@@ -166,9 +130,6 @@ def build_network(cfg: TrainConfig):
 
 
 def stage_data(cfg: TrainConfig, tokenizer, vocab_size: int):
-    from specdiff.calibrate.prompts import code_texts, gsm8k_answers
-    from specdiff.calibrate.teacher import read_shards
-
     adapt = TextSequences(gsm8k_answers(cfg.gsm8k) + code_texts(cfg.code_root or None), tokenizer, cfg.max_seq_len) if cfg.adapt_steps else None
     align = TeacherSequences(read_shards(cfg.teacher), cfg.max_seq_len, vocab_size) if cfg.align_steps else None
     if align is not None and align.filtering:
@@ -176,33 +137,22 @@ def stage_data(cfg: TrainConfig, tokenizer, vocab_size: int):
     return adapt, align
 
 
-def _restore(out: Path, network, optimizer, scheduler) -> int:
-    """Load the latest complete checkpoint in ``out``, if any; the step to continue from."""
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None:
-        return 0
-    load_deltas(network, load_safetensors(checkpoint / DRAFTER_DELTAS), None)
-    state = load_trainer_state(checkpoint / "trainer.pt")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["step"]
-
-
 def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) -> Path | None:
     """Run (or resume) training; returns the final drafter folder, or None when
     ``stop_after`` steps of this invocation ended it early (resume by running again)."""
     world, rank = init_distributed()
     out = Path(out_dir)
-    check_run_folder(cfg, out)
+    check_run_folder(cfg, out, RESUMABLE_CHANGES)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    network, tokenizer = build_network(cfg)
+    network, tokenizer = build_drafter_network(cfg)
     objective = WindowObjective(network)
     model = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
     optimizer, scheduler = adamw_with_warmup([p for p in network.parameters() if p.requires_grad], cfg.lr,
                                              cfg.warmup_steps)
-    step = _restore(out, network, optimizer, scheduler)
+    step = restore_checkpoint(out, lambda folder: load_deltas(network, load_safetensors(folder / DRAFTER_DELTAS), None),
+                              optimizer, scheduler)
     adapt, align = stage_data(cfg, tokenizer, network.config.vocab_size)
     log = StepLog(out, cfg.total_steps, step, "calibrate", enabled=rank == 0)
     stop_at = cfg.total_steps if stop_after is None else min(cfg.total_steps, step + stop_after)
@@ -223,7 +173,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
         log.write(step, loss.detach(), log_q, greedy_hit, windows.valid, time.perf_counter() - started,
                   stage="adapt" if adapting else "align")
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == stop_at):
-            save_checkpoint(out, cfg, network, optimizer, scheduler, step)
+            save_checkpoint(out, step, lambda folder: save_drafter(folder, trainable_state(network), drafter_config(
+                cfg, step, network.config.num_hidden_layers)), optimizer, scheduler)
     log.close()
     # DDP's reducer holds the process group: drop it while the group lives, or its destructor
     # (on this thread, holding the GIL) joins gloo threads that wait for the GIL (seen hanging).

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from specdiff.drafters.diffusion import block_visibility
+from specdiff.drafters.standalone.drafter import block_visibility
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,41 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import time
 
-from specdiff.drafters.registry import DEFAULT_DRAFTER
-from specdiff.models.registry import DEFAULT_VERIFIER
+from transformers import AutoConfig
 
-BACKENDS = ("transformers", "llama-cpp")
+from specdiff.bench.method_output import step_columns
+from specdiff.config_args import add_dataclass_args, dataclass_from_args
+from specdiff.drafters.conditioned.files import read_config
+from specdiff.drafters.conditioned.shipped import shipped_dflash_config
+from specdiff.drafters.loading import DrafterConfig, check_drafter_spec, load_drafter
+from specdiff.drafters.registry import DEFAULT_DRAFTER, DFLASH, resolve
+from specdiff.engine import DecodingConfig, check_block, check_context, stream_generate
+from specdiff.models.loading import (
+    check_same_tokenizer,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_folder,
+    verifier_eos_ids,
+)
+from specdiff.models.prepare import is_installed
+from specdiff.models.registry import DEFAULT_VERIFIER, PACKAGED_MODELS
+from specdiff.prompting import check_utf8, encode_prompt, eos_token_ids
+from specdiff.sampling import SamplingConfig
+from specdiff.tree.build import build_tree_drafter, check_tree_config
+from specdiff.tree.config import TreeConfig, add_tree_args, tree_config_from_args
+from specdiff.tree.drafter import TreeDrafter
+from specdiff.verifier import Verifier
+from specdiff.verifiers.llama_cpp import open_gguf, tree_for_llama_cpp
+
+BACKENDS = ("auto", "transformers", "llama-cpp")
 
 
 def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     """Flags of ``DecodingConfig`` and of the verifier's ``SamplingConfig``, from the dataclasses."""
-    from specdiff.config_args import add_dataclass_args
-    from specdiff.engine import DecodingConfig
-    from specdiff.sampling import SamplingConfig
 
     add_dataclass_args(parser, DecodingConfig, skip=("sampling", "draft_sampling"))
     add_dataclass_args(parser, SamplingConfig)
@@ -29,19 +50,18 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    from specdiff.config_args import add_dataclass_args
-    from specdiff.drafters.loading import DrafterConfig
-
     parser.add_argument("--verifier", default=DEFAULT_VERIFIER, help="named model, local folder or Hub id")
     parser.add_argument("--drafter", default=DEFAULT_DRAFTER,
                         help="named drafter, saved diffusion drafter folder, DFlash-layout folder, causal LM, "
                              "or 'none' for plain decoding (no tree, no lookup)")
     add_dataclass_args(parser, DrafterConfig, prefix="drafter_")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--backend", default="transformers", choices=BACKENDS,
-                        help="transformers: the verifier in PyTorch (fp32 from the GGUF); llama-cpp: the GGUF itself "
-                             "through llama.cpp (pip install 'specdiff[llama]'; --sources lookup,suffix)")
-    from specdiff.tree.config import add_tree_args
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="transformers: the verifier in PyTorch (fp32 from the GGUF), every drafter; llama-cpp: the "
+                             "GGUF itself through llama.cpp (pip install 'specdiff[llama]'; lookup and suffix drafts); "
+                             "auto (default): llama-cpp where it is installed and can run what was asked (a named "
+                             "model or .gguf file, the default drafter or none, no explicit diffusion source), the "
+                             "fastest on the CPUs measured (docs/backends.md), else transformers")
 
     add_tree_args(parser)
 
@@ -56,10 +76,6 @@ def naming_flag(flag: str):
 
 
 def decoding_config(args):
-    from specdiff.config_args import dataclass_from_args
-    from specdiff.engine import DecodingConfig
-    from specdiff.sampling import SamplingConfig
-
     with naming_flag("--temperature/--top-k/--top-p"):
         sampling = dataclass_from_args(SamplingConfig, args)
     draft_sampling = None
@@ -75,9 +91,6 @@ def decoding_config(args):
 def load_pair(args, config, load_drafter_model: bool = True):
     """(verifier model, tokenizer, drafter or None); checks the tokenizers match. Settings
     (``config``: the ``DecodingConfig``) and the drafter spec are checked before any model loads."""
-    from specdiff.config_args import dataclass_from_args
-    from specdiff.drafters.loading import DrafterConfig, check_drafter_spec, load_drafter
-    from specdiff.models.loading import check_same_tokenizer, load_causal_lm, load_tokenizer
 
     drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
     check_before_loading(args, config)
@@ -97,13 +110,6 @@ def load_pair(args, config, load_drafter_model: bool = True):
 def check_before_loading(args, config) -> None:
     """Settings that cannot fit the verifier's context or the drafter's block, refused from
     their configs before any weight loads (the engine checks them again with the real prompt)."""
-    from transformers import AutoConfig
-
-    from specdiff.drafters.dflash_files import read_config
-    from specdiff.drafters.registry import DFLASH, resolve
-    from specdiff.drafters.shipped_dflash import shipped_dflash_config
-    from specdiff.engine import check_block, check_context
-    from specdiff.models.loading import resolve_model_folder
 
     try:
         verifier_config = AutoConfig.from_pretrained(resolve_model_folder(args.verifier))
@@ -117,15 +123,6 @@ def check_before_loading(args, config) -> None:
 
 
 def cmd_generate(args) -> int:
-    from specdiff.bench.method_output import step_columns
-    from specdiff.engine import stream_generate
-    from specdiff.prompting import check_utf8, encode_prompt, eos_token_ids
-    from specdiff.tree.build import build_tree_drafter, check_tree_config
-    from specdiff.tree.config import tree_config_from_args
-    from specdiff.tree.drafter import TreeDrafter
-    from specdiff.verifier import Verifier
-    from specdiff.verifiers.llama_cpp import open_gguf, tree_for_llama_cpp
-
     config = decoding_config(args)
     with naming_flag("--sources/--datastore/--tree-*"):
         tree = tree_config_from_args(args)
@@ -137,19 +134,15 @@ def cmd_generate(args) -> int:
     if not plain:
         check_tree_config(tree)
     check_utf8(args.prompt)
-    if args.backend == "llama-cpp":
-        tree = tree_for_llama_cpp(tree, plain)
-        verifier, tokenizer = open_gguf(args.verifier)
-        model, drafter = None, None
-    else:
-        model, tokenizer, drafter = load_pair(args, config, load_drafter_model="diffusion" in tree.source_names)
-        verifier = Verifier(model)
+    dataclass_from_args(DrafterConfig, args, prefix="drafter_")  # --drafter-* flags checked on every backend
+    backend = resolve_backend(args, tree)
+    verifier, tokenizer, drafter, tree, eos = load_backend(backend, args, config, tree, plain)
     prompt_ids = encode_prompt(tokenizer, args.prompt, chat=not args.raw)
     if not plain and tree.uses_tree:
         drafter = build_tree_drafter(tree, verifier, drafter, tokenizer)
     tokens, steps, shown = [], [], ""
     started = time.perf_counter()
-    for step in stream_generate(prompt_ids, verifier, drafter, config, eos_token_ids(model, tokenizer)):
+    for step in stream_generate(prompt_ids, verifier, drafter, config, eos):
         steps.append(step)
         tokens.extend(step.new_tokens)
         if not args.json:
@@ -157,24 +150,53 @@ def cmd_generate(args) -> int:
             print(text[len(shown):], end="", flush=True)
             shown = text
     seconds = time.perf_counter() - started
-    tau = len(tokens) / max(1, len(steps))
     if args.json:
-        print(json.dumps({
-            "text": tokenizer.decode(tokens, skip_special_tokens=True),
-            "token_ids": tokens,
-            "new_tokens": len(tokens),
-            "verifier_calls": len(steps),
-            "tau": tau,
-            "tokens_per_s": len(tokens) / seconds,
-            "seconds": seconds,
-            **step_columns(steps),
-            "acceptance_by_source": drafter.estimates.table() if isinstance(drafter, TreeDrafter) else None,
-            "verify_cost_seconds": drafter.costs.table if isinstance(drafter, TreeDrafter) else None,
-        }))
+        print(json.dumps({"backend": backend, **json_report(tokenizer, tokens, steps, seconds, drafter)}))
     else:
-        print(f"\n\n[{len(tokens)} tokens, {len(steps)} verifier calls, tau {tau:.2f}, "
-              f"{len(tokens) / seconds:.2f} tokens/s]")
+        print(f"\n\n[{len(tokens)} tokens, {len(steps)} verifier calls, tau {len(tokens) / max(1, len(steps)):.2f}, "
+              f"{len(tokens) / seconds:.2f} tokens/s, backend {backend}]")
     return 0
+
+
+def resolve_backend(args, tree) -> str:
+    """The backend ``--backend auto`` means here: llama.cpp where it is installed and can run
+    what was asked, else transformers."""
+    if args.backend != "auto":
+        return args.backend
+    model = PACKAGED_MODELS.get(args.verifier)
+    runs_as_gguf = args.verifier.endswith(".gguf") or (model is not None and is_installed(model))
+    no_drafter_model = args.drafter.lower() == "none" or args.drafter == DEFAULT_DRAFTER
+    asks_for_diffusion = "diffusion" in tree.source_names and tree.sources != TreeConfig.sources
+    if (importlib.util.find_spec("llama_cpp") is not None and runs_as_gguf and no_drafter_model
+            and not asks_for_diffusion and args.dtype == "float32"):
+        return "llama-cpp"
+    return "transformers"
+
+
+def load_backend(backend: str, args, config, tree, plain: bool) -> tuple:
+    """(verifier, tokenizer, drafter or None, the tree settings that backend takes, EOS ids)."""
+    if backend == "llama-cpp":
+        verifier, tokenizer = open_gguf(args.verifier)
+        return verifier, tokenizer, None, tree_for_llama_cpp(tree, plain), verifier_eos_ids(args.verifier, tokenizer)
+    model, tokenizer, drafter = load_pair(args, config, load_drafter_model="diffusion" in tree.source_names)
+    return Verifier(model), tokenizer, drafter, tree, eos_token_ids(model, tokenizer)
+
+
+def json_report(tokenizer, tokens: list[int], steps: list, seconds: float, drafter) -> dict:
+    """``generate --json``: the text, the totals, and per verifier call the bench's columns."""
+    tree = drafter if isinstance(drafter, TreeDrafter) else None
+    return {
+        "text": tokenizer.decode(tokens, skip_special_tokens=True),
+        "token_ids": tokens,
+        "new_tokens": len(tokens),
+        "verifier_calls": len(steps),
+        "tau": len(tokens) / max(1, len(steps)),
+        "tokens_per_s": len(tokens) / seconds,
+        "seconds": seconds,
+        **step_columns(steps),
+        "acceptance_by_source": tree.estimates.table() if tree else None,
+        "verify_cost_seconds": tree.costs.table if tree else None,
+    }
 
 
 def register(commands) -> None:

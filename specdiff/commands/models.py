@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
+from specdiff.drafters.conditioned.shipped import SHIPPED_DFLASH, dflash_drafter_folder, shipped_dflash_dir
+from specdiff.drafters.standalone.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, shipped_drafter_dir
+from specdiff.models.prepare import ModelUnavailableError, cache_root, is_installed, is_prepared, prepare, prepared_dir
+from specdiff.models.registry import PACKAGED_MODELS
+
 
 def cmd_models_list(args) -> int:
-    from specdiff.models.prepare import is_installed, is_prepared, prepared_dir
-    from specdiff.models.registry import PACKAGED_MODELS
-
     print(f"{'name':32} {'size':>9}  {'installed':9}  {'prepared':8}  role")
     for model in PACKAGED_MODELS.values():
         print(f"{model.name:32} {model.size / 1e6:7.0f}MB  {'yes' if is_installed(model) else 'no':9}  "
@@ -23,8 +26,6 @@ def cmd_models_list(args) -> int:
 
 def shipped_drafters() -> list[tuple[str, str]]:
     """(name, what it is) of every drafter in this installation's package data."""
-    from specdiff.drafters.files import SHIPPED_DRAFTERS, shipped_drafter_dir
-    from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, shipped_dflash_dir
 
     found = []
     for names, locate, kind in ((SHIPPED_DRAFTERS, shipped_drafter_dir, "standalone diffusion drafter"),
@@ -41,12 +42,6 @@ def shipped_drafters() -> list[tuple[str, str]]:
 def cmd_models_prepare(args) -> int:
     """A named model, or a shipped drafter: its base model, and for a DFlash drafter its full
     folder built in the cache (what its first use would do)."""
-    import json
-
-    from specdiff.drafters.files import DRAFTER_CONFIG, shipped_drafter_dir
-    from specdiff.drafters.shipped_dflash import dflash_drafter_folder, shipped_dflash_dir
-    from specdiff.models.prepare import ModelUnavailableError, prepare
-    from specdiff.models.registry import PACKAGED_MODELS
 
     started = time.perf_counter()
     standalone = shipped_drafter_dir(args.name)
@@ -56,8 +51,6 @@ def cmd_models_prepare(args) -> int:
         folder = standalone
     elif shipped_dflash_dir(args.name) is not None:
         if args.force:
-            from specdiff.models.prepare import cache_root
-
             shutil.rmtree(cache_root() / "drafters" / args.name, ignore_errors=True)
         folder = dflash_drafter_folder(args.name)
     elif args.name in PACKAGED_MODELS:

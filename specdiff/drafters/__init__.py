@@ -2,7 +2,7 @@
 
 from specdiff.drafters.autoregressive import AutoregressiveDrafter
 from specdiff.drafters.base import Accepted, Draft, Drafter
-from specdiff.drafters.conditioned import ConditionedDrafter
-from specdiff.drafters.diffusion import DiffusionDrafter
+from specdiff.drafters.conditioned.drafter import ConditionedDrafter
+from specdiff.drafters.standalone.drafter import DiffusionDrafter
 
 __all__ = ["Accepted", "AutoregressiveDrafter", "ConditionedDrafter", "DiffusionDrafter", "Draft", "Drafter"]

@@ -8,18 +8,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from transformers import AutoConfig
 
 from specdiff.drafters import AutoregressiveDrafter, DiffusionDrafter
-from specdiff.drafters.conditioned import ConditionedDrafter
-from specdiff.drafters.dflash_files import check_fits, load_dflash
-from specdiff.drafters.dflash_network import DFlashNetwork, dflash_config
-from specdiff.drafters.diffusion import PREFIX_MODES
-from specdiff.drafters.dream import check_dream, is_masked_diffusion_lm, load_dream, read_config
-from specdiff.drafters.files import check_drafter_files, load_diffusion_lm
-from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.conditioned.drafter import ConditionedDrafter
+from specdiff.drafters.conditioned.files import check_fits, load_dflash
+from specdiff.drafters.conditioned.network import DFlashNetwork, dflash_config
+from specdiff.drafters.conditioned.shipped import dflash_drafter_folder
 from specdiff.drafters.registry import DFLASH, DIFFUSION, DREAM, resolve, shipped_names
-from specdiff.drafters.shipped_dflash import dflash_drafter_folder
-from specdiff.models.linear_kernels import first_rows, int8_is_fast, quantize_linears
+from specdiff.drafters.standalone.drafter import PREFIX_MODES
+from specdiff.drafters.standalone.dream import check_dream, is_masked_diffusion_lm, load_dream, read_config
+from specdiff.drafters.standalone.files import check_drafter_files, load_diffusion_lm
+from specdiff.drafters.standalone.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.linear_kernels import first_rows, int8_is_fast, quantize_linears
 from specdiff.models.loading import DTYPES, check_same_tokenizer, load_causal_lm, load_tokenizer, resolve_model_folder
 
 DRAFTER_KINDS = ("auto", "ar", "diffusion", "dflash")
@@ -154,7 +155,6 @@ def _build_drafter(spec: str, config: DrafterConfig, dtype: str, verifier_model,
 def untrained_dflash(spec: str, verifier_model, num_layers: int, block_size: int, dtype: str = "float32",
                      seed: int = 0) -> ConditionedDrafter:
     """A randomly initialised DFlash drafter for the model ``spec`` names, which must fit the verifier."""
-    from transformers import AutoConfig
 
     target_config = AutoConfig.from_pretrained(resolve_model_folder(spec))
     config = dflash_config(target_config, num_layers, block_size)

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from specdiff.drafters.dflash_files import is_dflash_folder
-from specdiff.drafters.dream import is_masked_diffusion_lm
-from specdiff.drafters.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, shipped_drafter_dir
-from specdiff.drafters.shipped_dflash import SHIPPED_DFLASH, shipped_dflash_dir
+from specdiff.drafters.conditioned.files import is_dflash_folder
+from specdiff.drafters.conditioned.shipped import SHIPPED_DFLASH, shipped_dflash_dir
+from specdiff.drafters.standalone.dream import is_masked_diffusion_lm
+from specdiff.drafters.standalone.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, shipped_drafter_dir
 
 DEFAULT_DRAFTER = "specdiff-qwen2.5-coder-1.5b"  # generate's and bench's specdiff method
 # kinds; the first two are also the specs that name them

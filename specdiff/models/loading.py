@@ -8,14 +8,18 @@ import pickle
 import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
 from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from specdiff.linear_kernels import plan_kernels, use_fast_linear
 from specdiff.models.prepare import ModelUnavailableError, is_prepared, prepare, prepared_dir
 from specdiff.models.registry import PACKAGED_MODELS
-from specdiff.models.linear_kernels import plan_kernels, use_fast_linear
+from specdiff.prompting import eos_token_ids
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,8 +48,6 @@ def resolve_model_folder(spec: str, other_names: tuple[str, ...] = ()) -> str:
 
 
 def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     try:
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except ValueError:  # not a valid repo id
@@ -54,7 +56,6 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether a TCP connection to the Hub's endpoint opens (False when HF_HUB_OFFLINE is set)."""
-    from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return False
@@ -67,8 +68,6 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 
 
 def load_tokenizer(spec: str, other_names: tuple[str, ...] = ()):
-    from transformers import AutoTokenizer
-
     folder = resolve_model_folder(spec, other_names)
     try:
         return AutoTokenizer.from_pretrained(folder)
@@ -80,7 +79,6 @@ def load_causal_lm(spec: str, dtype: str = "float32", other_names: tuple[str, ..
     """(model, tokenizer) for a named model, a local folder or a Hub id. fp32 by default:
     on AVX2 CPUs bf16 is emulated and makes multi-token verification about 3x slower.
     Linear layers are swapped for :class:`FastLinear` (the fastest kernel this machine has for 1-64 rows)."""
-    from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -133,3 +131,21 @@ def check_same_tokenizer(verifier_tokenizer, drafter_tokenizer) -> None:
             "the drafter's tokenizer differs from the verifier's: speculative decoding needs a drafter "
             "that shares the verifier's tokenizer (e.g. qwen2.5-coder-0.5b-instruct for qwen2.5-coder-1.5b-instruct)"
         )
+
+
+def verifier_eos_ids(spec: str, tokenizer) -> set[int]:
+    """Every id that ends a verifier's answer, as ``load_causal_lm``'s model would say, read
+    from its local folder without loading (or preparing) weights: the tokenizer's EOS and the
+    generation config's (the model config's where the folder has none). Without a local folder
+    (a ``.gguf`` file, a named model not prepared, a Hub id): the tokenizer's only."""
+    if spec in PACKAGED_MODELS:
+        folder = prepared_dir(PACKAGED_MODELS[spec]) if is_prepared(PACKAGED_MODELS[spec]) else None
+    else:
+        folder = Path(spec).expanduser() if Path(spec).expanduser().is_dir() else None
+    config = None
+    if folder is not None:
+        try:
+            config = GenerationConfig.from_pretrained(folder)
+        except OSError:  # no generation_config.json
+            config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(folder))
+    return eos_token_ids(SimpleNamespace(generation_config=config), tokenizer)

@@ -15,7 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specdiff.models.registry import PACKAGED_MODELS, PackagedModel
 
@@ -110,8 +112,6 @@ def gguf_file(name: str) -> Path:
 
 def convert_gguf(gguf_path: Path, destination: Path) -> None:
     """Dequantise a GGUF file with transformers and save it as safetensors plus tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)

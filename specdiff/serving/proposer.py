@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from specdiff.drafters.base import Accepted, Draft
-from specdiff.drafters.diffusion import DiffusionDrafter
+from specdiff.drafters.loading import DrafterConfig, load_drafter
+from specdiff.drafters.standalone.drafter import DiffusionDrafter
 from specdiff.sampling import SamplingConfig
 from specdiff.tree.build import lookup_sources
 from specdiff.tree.config import TreeConfig
@@ -83,8 +84,6 @@ class DrafterStates:
 
 class DiffusionProposer:
     def __init__(self, vllm_config):
-        from specdiff.drafters.loading import DrafterConfig, load_drafter
-
         spec = os.environ.get(DRAFTER_ENV)
         if not spec:
             raise ValueError(f"set {DRAFTER_ENV} to the diffusion drafter (name or folder); `specdiff serve` does")

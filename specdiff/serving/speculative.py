@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from specdiff.drafters.dflash_files import check_fits, load_dflash, read_config
+from specdiff.drafters.conditioned.files import check_fits, load_dflash, read_config
+from specdiff.drafters.conditioned.shipped import dflash_drafter_folder
 from specdiff.drafters.loading import check_drafter_spec
 from specdiff.drafters.registry import DFLASH, DIFFUSION, DREAM, NONE, PROMPT_LOOKUP, resolve
 from specdiff.serving.proposer import DRAFTER_ENV, SOURCES_ENV, STEPS_ENV
@@ -37,7 +38,6 @@ def speculative_setup(drafter: str, verifier_config, gamma: int | None = None, s
     ``gamma`` None: a DFlash drafter's block size - 1, else ``DEFAULT_GAMMA``. ``sources``:
     what the proposer of a standalone diffusion drafter drafts from (see ``TreeConfig``);
     other drafters take only the default."""
-    from specdiff.drafters.shipped_dflash import dflash_drafter_folder
 
     if gamma is not None and gamma < 1:
         raise ValueError(f"--gamma must be >= 1, got {gamma}")

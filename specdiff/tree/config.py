@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from specdiff.config_args import add_dataclass_args, dataclass_from_args
+
 SOURCES = ("lookup", "suffix", "diffusion")
 
 
@@ -48,12 +50,8 @@ class TreeConfig:
 
 
 def add_tree_args(parser) -> None:
-    from specdiff.config_args import add_dataclass_args
-
     add_dataclass_args(parser, TreeConfig, prefix="tree_")
 
 
 def tree_config_from_args(args) -> TreeConfig:
-    from specdiff.config_args import dataclass_from_args
-
     return dataclass_from_args(TreeConfig, args, prefix="tree_")

@@ -24,7 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import AutoTokenizer
 
+from specdiff.models.loading import load_tokenizer
+from specdiff.models.prepare import gguf_file, is_prepared
+from specdiff.models.registry import PACKAGED_MODELS
 from specdiff.tree.config import TreeConfig
 from specdiff.verifier import CommittedTokens, ScoredDrafts, build_trie
 
@@ -226,16 +230,10 @@ def open_gguf(spec: str, context: int = DEFAULT_CONTEXT, threads: int | None = N
     """(verifier, tokenizer) for a named packaged model (its GGUF as shipped, never converted
     to fp32) or a ``.gguf`` file. The tokenizer is the prepared folder's where the model was
     prepared, else transformers' reading of the GGUF's own vocabulary."""
-    from transformers import AutoTokenizer
-
-    from specdiff.models.prepare import gguf_file, is_prepared
-    from specdiff.models.registry import PACKAGED_MODELS
 
     if spec in PACKAGED_MODELS:
         path = gguf_file(spec)
         if is_prepared(PACKAGED_MODELS[spec]):
-            from specdiff.models.loading import load_tokenizer
-
             return LlamaCppVerifier(path, context, threads), load_tokenizer(spec)
     elif Path(spec).is_file() and spec.endswith(".gguf"):
         path = Path(spec)

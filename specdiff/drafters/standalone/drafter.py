@@ -38,7 +38,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from specdiff.drafters.base import Accepted, Draft
-from specdiff.drafters.diffusion_lm import DiffusionLM
+from specdiff.drafters.standalone.network import DiffusionLM
 from specdiff.sampling import (
     SamplingConfig,
     choose_tokens,

@@ -10,6 +10,7 @@ from specdiff.bench.report import ENGINE_REFERENCES, check_equality, markdown_ta
 from specdiff.bench.runner import PRESETS, BenchConfig, run_bench
 from specdiff.bench.tree_report import tree_markdown, tree_statistics
 from specdiff.config_args import add_dataclass_args, dataclass_from_args
+from specdiff.serving.environment import restart_with_vllm_environment
 from specdiff.tree.config import add_tree_args, tree_config_from_args
 
 
@@ -21,8 +22,6 @@ def cmd_bench(args) -> int:
     config = dataclass_from_args(BenchConfig, args, settings=dataclass_from_args(MethodSettings, args,
                                                                                     tree=tree_config_from_args(args)))
     if any(name.startswith("vllm") for name in config.methods.split(",")):
-        from specdiff.serving.environment import restart_with_vllm_environment  # vLLM is optional
-
         restart_with_vllm_environment()  # vLLM's CPU settings must be in place when the process starts
     out = Path(args.out)
     run = run_bench(config, out)
@@ -83,9 +82,9 @@ def register(commands) -> None:
     bench = commands.add_parser("bench", help="measure every method on the same verifier, prompts and machine")
     bench.add_argument("--out", default="runs/bench", help="output folder (reruns skip finished records)")
     bench.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help="quick: 3 HumanEval prompts x 64 tokens, about 9 minutes on a 2-core CPU (models prepared)")
+                       help="quick: 3 HumanEval prompts x 64 tokens, the torch methods and llama, llama-specdiff, llama-prompt-lookup")
     add_dataclass_args(bench, BenchConfig, skip=("settings",))
     add_dataclass_args(bench, MethodSettings, skip=("tree",))
     add_tree_args(bench)
     bench.set_defaults(run=cmd_bench, parser_defaults={k: bench.get_default(k) for k in ("dataset", "limit",
-                                                                                           "max_new_tokens")})
+                                                                                           "max_new_tokens", "methods")})

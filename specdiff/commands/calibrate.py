@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from specdiff.bench.datasets import load_prompts
+from specdiff.calibrate.dflash_train import DFlashTrainConfig, train_dflash
+from specdiff.calibrate.evaluate import replay_eval, verifier_trajectories
+from specdiff.calibrate.teacher import TeacherConfig, generate_teacher_data, read_shards
+from specdiff.calibrate.train import TrainConfig, train
 from specdiff.config_args import add_dataclass_args, dataclass_from_args
+from specdiff.drafters.conditioned.files import is_dflash_folder
+from specdiff.drafters.conditioned.shipped import write_shipped
+from specdiff.drafters.loading import DrafterConfig, load_drafter
+from specdiff.drafters.registry import resolve
+from specdiff.models.loading import load_causal_lm, load_tokenizer
+from specdiff.models.registry import DEFAULT_VERIFIER
+from specdiff.serving.environment import restart_with_vllm_environment
 
 
 def cmd_data(args) -> int:
-    from specdiff.calibrate.teacher import TeacherConfig, generate_teacher_data, read_shards
-
     config = dataclass_from_args(TeacherConfig, args)
     if config.engine == "vllm":
-        from specdiff.serving.environment import restart_with_vllm_environment
-
         restart_with_vllm_environment()
     out = generate_teacher_data(config, args.out)
     records = read_shards(out)
@@ -20,24 +31,18 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from specdiff.calibrate.train import TrainConfig, train
-
     final = train(dataclass_from_args(TrainConfig, args), args.out, args.stop_after)
     print(f"drafter saved in {final}" if final else f"stopped early; run again to resume from {args.out}")
     return 0
 
 
 def register(commands) -> None:
-    from specdiff.calibrate.teacher import TeacherConfig
-
     calibrate = commands.add_parser("calibrate", help="build and align a diffusion drafter")
     sub = calibrate.add_subparsers(dest="calibrate_command", required=True)
     data = sub.add_parser("data", help="teacher completions from the verifier (resumable)")
     data.add_argument("--out", required=True, help="output folder for token-id shards")
     add_dataclass_args(data, TeacherConfig)
     data.set_defaults(run=cmd_data)
-
-    from specdiff.calibrate.train import TrainConfig
 
     train = sub.add_parser("train", help="adapt, then align a diffusion drafter (resumable; torchrun for DDP)")
     train.add_argument("--out", required=True, help="run folder: checkpoints, logs, final drafter")
@@ -50,16 +55,12 @@ def register(commands) -> None:
 
 
 def cmd_train_dflash(args) -> int:
-    from specdiff.calibrate.dflash_train import DFlashTrainConfig, train_dflash
-
     final = train_dflash(dataclass_from_args(DFlashTrainConfig, args), args.out, args.stop_after)
     print(f"drafter saved in {final}" if final else f"stopped early; run again to resume from {args.out}")
     return 0
 
 
 def register_train_dflash(sub) -> None:
-    from specdiff.calibrate.dflash_train import DFlashTrainConfig
-
     train = sub.add_parser("train-dflash", help="train a DFlash-layout drafter on the verifier's hidden states (resumable)")
     train.add_argument("--out", required=True, help="run folder: checkpoints, logs, final drafter")
     train.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (resume later)")
@@ -71,12 +72,6 @@ SHIP_LIMIT_MB = 25  # what a drafter may add to the repository
 
 
 def cmd_ship_dflash(args) -> int:
-    import json
-    from pathlib import Path
-
-    from specdiff.drafters.dflash_files import is_dflash_folder
-    from specdiff.drafters.shipped_dflash import write_shipped
-
     drafter, out = Path(args.drafter), Path(args.out)
     if not is_dflash_folder(drafter):
         raise ValueError(f"--drafter {drafter} is not a DFlash folder (a run's final/ or checkpoint-N/)")
@@ -100,8 +95,6 @@ def cmd_ship_dflash(args) -> int:
 
 
 def register_ship_dflash(sub) -> None:
-    from specdiff.models.registry import DEFAULT_VERIFIER
-
     ship = sub.add_parser("ship-dflash", help="compress a trained DFlash drafter into the small form the package ships")
     ship.add_argument("--drafter", required=True, help="a DFlash folder (final/ or checkpoint-N/ of a run)")
     ship.add_argument("--out", required=True, help="e.g. specdiff/artifacts/specdiff_dflash_qwen2.5_coder_1.5b")
@@ -116,15 +109,6 @@ def register_ship_dflash(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    import json
-    from pathlib import Path
-
-    from specdiff.bench.datasets import load_prompts
-    from specdiff.calibrate.evaluate import replay_eval, verifier_trajectories
-    from specdiff.drafters.registry import resolve
-    from specdiff.drafters.loading import DrafterConfig, load_drafter
-    from specdiff.models.loading import load_causal_lm, load_tokenizer
-
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a folder for the evaluation's results")
@@ -157,8 +141,6 @@ def cmd_eval(args) -> int:
 def register_eval(sub) -> None:
     evaluate = sub.add_parser("eval", help="tau and per-position acceptance along the verifier's greedy trajectories")
     evaluate.add_argument("--drafters", nargs="+", required=True)
-    from specdiff.drafters.loading import DrafterConfig
-    from specdiff.models.registry import DEFAULT_VERIFIER
 
     add_dataclass_args(evaluate, DrafterConfig, prefix="drafter_")
     evaluate.add_argument("--verifier", default=DEFAULT_VERIFIER)

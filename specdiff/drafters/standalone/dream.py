@@ -18,10 +18,12 @@ import json
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from specdiff.drafters.diffusion_lm import DiffusionLM
-from specdiff.drafters.from_causal_lm import build_decoder, decoder_config, output_head
-from specdiff.models.loading import DTYPES, real_vocabulary
+from specdiff.drafters.standalone.from_causal_lm import build_decoder, decoder_config, output_head
+from specdiff.drafters.standalone.network import DiffusionLM
+from specdiff.models.loading import DTYPES, hub_reachable, real_vocabulary
 from specdiff.models.tensor_files import load_safetensors, safetensors_shapes
 
 DREAM_TYPES = ("Dream",)
@@ -42,9 +44,6 @@ def model_file(spec: str, name: str) -> Path | None:
         return folder / name if (folder / name).is_file() else None
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         return None
-    from huggingface_hub import hf_hub_download
-
-    from specdiff.models.loading import hub_reachable
 
     try:
         return Path(hf_hub_download(spec, name, local_files_only=not hub_reachable()))
@@ -111,7 +110,6 @@ def check_tokenizer_fits(spec: str, tokenizer, verifier_tokenizer, mask_id: int)
 def load_dream_tokenizer(spec: str):
     """The checkpoint's tokenizer without remote code: its ``tokenizer.json`` (Dream ships a
     custom tokenizer class whose vocabulary and merges are Qwen2's)."""
-    from transformers import PreTrainedTokenizerFast
 
     path = model_file(spec, "tokenizer.json")
     if path is None:
@@ -159,7 +157,6 @@ def check_weights(spec: str, config: dict) -> None:
 
 def qwen2_config(config: dict, num_layers: int | None = None):
     """transformers' Qwen2 config for a Dream config (bidirectional use is the drafter's business)."""
-    from transformers import Qwen2Config
 
     fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings")
@@ -170,8 +167,6 @@ def qwen2_config(config: dict, num_layers: int | None = None):
 
 
 def expected_shapes(qwen) -> dict[str, tuple]:
-    from transformers import Qwen2ForCausalLM
-
     with torch.device("meta"):
         model = Qwen2ForCausalLM(qwen)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}

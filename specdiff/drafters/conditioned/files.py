@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import Qwen3Config
 
-from specdiff.drafters.dflash_network import DFlashNetwork
+from specdiff.drafters.conditioned.network import DFlashNetwork
 from specdiff.models.tensor_files import load_plain, load_safetensors
 
 ARCHITECTURE = "DFlashDraftModel"

@@ -22,6 +22,7 @@ i predicts token i + 1. Only what differs from a causal LM lives here:
 from __future__ import annotations
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model
 from torch import Tensor, nn
 
 from specdiff.models.loading import cache_keyword
@@ -75,7 +76,6 @@ class DiffusionLM(nn.Module):
     def add_lora(self, rank: int, alpha: float, seed: int = 0) -> None:
         """Attach LoRA adapters (peft; W + alpha/r * B A, B starting at 0) to every linear
         layer of the decoder stack; they act on rows from ``adapted_from`` on (see ``forward``)."""
-        from peft import LoraConfig, inject_adapter_in_model
 
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
                             bias="none")

@@ -6,9 +6,10 @@ import copy
 
 import torch
 from torch import nn
+from transformers import AutoModel
 
-from specdiff.drafters.diffusion_lm import DiffusionLM
-from specdiff.models.linear_kernels import use_fast_linear
+from specdiff.drafters.standalone.network import DiffusionLM
+from specdiff.linear_kernels import use_fast_linear
 
 
 def decoder_config(hf_config, num_layers: int | None = None):
@@ -27,7 +28,6 @@ def decoder_config(hf_config, num_layers: int | None = None):
 
 def build_decoder(config, state: dict[str, torch.Tensor]) -> nn.Module:
     """transformers' base model for ``config`` holding ``state`` (its tensors, not copies)."""
-    from transformers import AutoModel
 
     with torch.device("meta"):
         decoder = AutoModel.from_config(config, attn_implementation="sdpa")

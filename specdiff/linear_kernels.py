@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specdiff.machine_cache import cpu_name, read_entries, store_entry
+from specdiff.models.prepare import cache_root
 
 KERNEL_MODES = ("measured", "plain")  # SPECDIFF_KERNELS
 ROW_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 24, 32, 48, 64)  # a call with r rows uses the plan of the smallest bucket >= r
@@ -265,7 +266,6 @@ def machine_kernel_plan(out_features: int, in_features: int) -> KernelPlan:
     stored there. ``SPECDIFF_KERNELS=plain`` uses transformers' kernels everywhere."""
     if kernel_mode() == "plain":
         return PLAIN
-    from specdiff.models.prepare import cache_root
 
     path = cache_root() / "kernel_plans.json"
     key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {out_features}x{in_features}"

@@ -28,6 +28,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig
+
+from specdiff.drafters.conditioned.files import MASK_EMBEDDING_FILE, check_fits, config_from_dict, load_dflash
+from specdiff.models.loading import resolve_model_folder
+from specdiff.models.prepare import cache_root
 
 SHIPPED_DFLASH = {"specdiff-dflash-qwen2.5-coder-1.5b": "specdiff_dflash_qwen2.5_coder_1.5b"}
 SPEC_FILE, DELTAS_FILE = "dflash.json", "deltas.safetensors"
@@ -94,10 +99,6 @@ def write_shipped(folder: Path, network_folder: Path, verifier: str, source_laye
     bytes written. Everything is written beside ``folder`` and renamed into place only when
     it fits ``max_bytes``, so a refused or killed run leaves nothing that looks shipped. The
     mask embedding is written anew from its checked tensor, never copied as a file."""
-    from transformers import AutoConfig
-
-    from specdiff.drafters.dflash_files import MASK_EMBEDDING_FILE, load_dflash
-    from specdiff.models.loading import resolve_model_folder
 
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder} is a file: give a folder")
@@ -131,7 +132,6 @@ def read_source(verifier: str, names: list[str], source_layers: list[int],
                 required: bool = True) -> dict[str, torch.Tensor]:
     """The verifier's tensors that draft parameters ``names`` started from, read lazily from
     its safetensors (the whole model is not loaded); with ``required`` all must exist."""
-    from specdiff.models.loading import resolve_model_folder
 
     if not names:  # a drafter trained from scratch needs nothing of the verifier's
         return {}
@@ -153,7 +153,6 @@ def read_source(verifier: str, names: list[str], source_layers: list[int],
 def shipped_dflash_config(spec: str):
     """The config (a Qwen3Config with ``block_size``) of the shipped DFlash drafter ``spec``
     names, read from its package files without building it; None for other specs."""
-    from specdiff.drafters.dflash_files import config_from_dict
 
     shipped = shipped_dflash_dir(spec)
     if shipped is None:
@@ -166,8 +165,6 @@ def dflash_drafter_folder(spec: str, verifier_config=None) -> Path | None:
     model cache on first use), or None when ``spec`` names no shipped DFlash drafter. With
     ``verifier_config`` a drafter that does not fit that verifier is refused before
     anything is built."""
-    from specdiff.drafters.dflash_files import check_fits
-    from specdiff.models.prepare import cache_root
 
     shipped = shipped_dflash_dir(spec)
     if shipped is None:

@@ -13,11 +13,13 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from torch import nn
 from safetensors.torch import save_file
+from torch import nn
 
-from specdiff.drafters.diffusion_lm import DiffusionLM, is_own_parameter, parameters_by_file_name
-from specdiff.drafters.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.standalone.dream import is_masked_diffusion_lm, load_dream
+from specdiff.drafters.standalone.from_causal_lm import diffusion_lm_from_causal_lm
+from specdiff.drafters.standalone.network import DiffusionLM, is_own_parameter, parameters_by_file_name
+from specdiff.models.loading import load_causal_lm
 from specdiff.models.tensor_files import load_safetensors
 
 DRAFTER_CONFIG = "drafter.json"
@@ -47,7 +49,7 @@ def save_drafter(folder: Path, deltas: dict[str, torch.Tensor], config: dict) ->
 
 def load_deltas(network: DiffusionLM, deltas: dict[str, torch.Tensor], lora: dict | None) -> None:
     """Attach adapters (if ``lora`` and none are attached) and overwrite the named parameters
-    with ``deltas`` (named as :func:`specdiff.drafters.diffusion_lm.file_name` says).
+    with ``deltas`` (named as :func:`specdiff.drafters.standalone.network.file_name` says).
 
     Adapters stay unmerged: they act on draft-block rows only, while prefix rows use the
     base weights. The drafter's own parameters (adapters, MASK embedding) are written in
@@ -100,8 +102,6 @@ def load_diffusion_lm(folder: Path, dtype: str = "float32", base_models: dict | 
     a causal LM cut to ``num_layers`` or a Dream-architecture model. With ``base_models`` (a
     dict the caller keeps: (spec, dtype) -> (model, tokenizer)) drafters cut from the same
     causal LM share its weights instead of each loading a copy."""
-    from specdiff.drafters.dream import is_masked_diffusion_lm, load_dream
-    from specdiff.models.loading import load_causal_lm
 
     config, deltas = check_drafter_files(folder)
     if is_masked_diffusion_lm(config["base"]):

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from specdiff.drafters.base import Accepted, Draft
-from specdiff.drafters.dflash_network import ContextKV, DFlashNetwork
-from specdiff.models.linear_kernels import use_fast_linear
+from specdiff.drafters.conditioned.network import ContextKV, DFlashNetwork
+from specdiff.linear_kernels import use_fast_linear
 from specdiff.sampling import SamplingConfig, drafts_from_marginals, slot_confidence
 
 

@@ -1,0 +1,1 @@
+"""Conditioned (DFlash-layout) drafters, which read the verifier's hidden states: the drafter (`drafter.py`), its network (`network.py`), DFlash folders (`files.py`) and the shipped drafter's compact deltas (`shipped.py`)."""

@@ -1,0 +1,1 @@
+"""Standalone diffusion drafters: the drafter (`drafter.py`), its network on the base model's own transformers decoder (`network.py`), cut from a causal LM (`from_causal_lm.py`) or a Dream-architecture model (`dream.py`), and their files and shipped drafters (`files.py`)."""
