@@ -96,6 +96,19 @@ def profile_split(verifier, candidates: torch.Tensor, past: int) -> dict[str, fl
     return {k: v / whole for k, v in totals.items()}
 
 
+def pass_shapes(root: int, token_counts: list[int], num_drafts: int, vocab: int, generator) -> dict:
+    """{(shape, tokens): candidates}: a chain of each size, and a K-row trie of it where one exists."""
+    shapes = {}
+    for n in token_counts:
+        chain = torch.randint(0, vocab, (1, n), generator=generator)
+        chain[0, 0] = root
+        shapes[("chain", n)] = chain
+        trie = trie_candidates(root, n, num_drafts, vocab, generator)
+        if trie is not None:
+            shapes[(f"trie K={num_drafts}", n)] = trie
+    return shapes
+
+
 def measure_verify_cost(verifier_spec: str, token_counts: list[int], repeats: int, prefill: int,
                         num_drafts: int = 4) -> dict:
     """Median pass times per (kernels, shape, tokens), the machine's rates, the roofline and
@@ -114,14 +127,7 @@ def measure_verify_cost(verifier_spec: str, token_counts: list[int], repeats: in
     verifier = Verifier(model)
     verifier.prefill(prompt)
     past, root = verifier.cached_length, int(prompt[0, -1])
-    shapes = {}
-    for n in token_counts:
-        chain = torch.randint(0, vocab, (1, n), generator=generator)
-        chain[0, 0] = root
-        shapes[("chain", n)] = chain
-        trie = trie_candidates(root, n, num_drafts, vocab, generator)
-        if trie is not None:
-            shapes[(f"trie K={num_drafts}", n)] = trie
+    shapes = pass_shapes(root, token_counts, num_drafts, vocab, generator)
     kernels = {"transformers": PLAIN, "transposed": transposed, "specdiff": None}  # None: each layer's plan
     times: dict[tuple, list[float]] = {(k, *shape): [] for k in kernels for shape in shapes}
     for round_ in range(repeats + 1):  # round 0 warms up

@@ -254,10 +254,15 @@ def heldout_acceptance(objective: BlockObjective, held: TeacherSequences, gamma:
     return {"heldout_accept": [round(float(a), 3) for a in accept], "heldout_tau": round(1 + float(accept.sum()), 3)}
 
 
+def check_target_layers(target_layers: str, depth: int) -> None:
+    wanted = [int(x) for x in target_layers.split(",") if x.strip()]
+    if any(not 0 <= layer < depth for layer in wanted):
+        raise ValueError(f"--target-layers {target_layers} names layers outside the verifier's 0..{depth - 1}")
+
+
 def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | None = None) -> Path | None:
     """Run (or resume) training; the final drafter folder, or None when ``stop_after``
     steps of this invocation ended it early (run again to resume)."""
-
     out = Path(out_dir)
     check_run_folder(cfg, out, resumable_changes=("steps", "checkpoint_every", "feature_cache"))
     records = read_shards(cfg.teacher)
@@ -267,10 +272,7 @@ def train_dflash(cfg: DFlashTrainConfig, out_dir: str | Path, stop_after: int | 
         print(f"train-dflash: {teacher.filtering}", file=sys.stderr)
     sequences, held = teacher.split(cfg.holdout_records)
     verifier_model.requires_grad_(False)
-    depth = verifier_model.config.num_hidden_layers
-    wanted = [int(x) for x in cfg.target_layers.split(",") if x.strip()]
-    if any(not 0 <= layer < depth for layer in wanted):  # before anything is written
-        raise ValueError(f"--target-layers {cfg.target_layers} names layers outside the verifier's 0..{depth - 1}")
+    check_target_layers(cfg.target_layers, verifier_model.config.num_hidden_layers)  # before anything is written
     network = build_dflash_network(cfg, verifier_model, sequences.draw(step_rng(cfg.seed, -1, 0)).ids)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")

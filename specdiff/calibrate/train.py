@@ -137,6 +137,12 @@ def stage_data(cfg: TrainConfig, tokenizer, vocab_size: int):
     return adapt, align
 
 
+def save_final(folder: Path, cfg: TrainConfig, network, step: int) -> None:
+    """The trained drafter as it ships: its trained tensors in bf16, beside its config."""
+    deltas = {name: t.to(torch.bfloat16) for name, t in trainable_state(network).items()}
+    save_drafter(folder, deltas, drafter_config(cfg, step, network.config.num_hidden_layers))
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) -> Path | None:
     """Run (or resume) training; returns the final drafter folder, or None when
     ``stop_after`` steps of this invocation ended it early (resume by running again)."""
@@ -180,11 +186,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) 
     # (on this thread, holding the GIL) joins gloo threads that wait for the GIL (seen hanging).
     del model
     finished = step >= cfg.total_steps
-    final = out / "final"
     if finished and rank == 0:
-        deltas = {name: t.to(torch.bfloat16) for name, t in trainable_state(network).items()}
-        save_drafter(final, deltas, drafter_config(cfg, step, network.config.num_hidden_layers))
+        save_final(out / "final", cfg, network, step)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return final if finished else None
+    return out / "final" if finished else None
