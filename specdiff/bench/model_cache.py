@@ -4,6 +4,8 @@ the diffusion drafters), each drafter, and each backend's verify-cost table."""
 
 from __future__ import annotations
 
+import functools
+
 from specdiff.drafters.loading import DrafterConfig, load_drafter
 from specdiff.models.loading import check_same_tokenizer, load_causal_lm, verifier_eos_ids
 from specdiff.tree.cost_cache import cached_verify_costs
@@ -27,9 +29,9 @@ class BenchModels:
         """The verifier as a transformers model (fp32), loaded on first use."""
         return self.causal_lm(self.verifier_spec)[0]
 
-    @property
+    @functools.cached_property
     def eos(self) -> set[int]:
-        """The ids that end an answer, the same for every backend (read without the weights)."""
+        """The ids that end an answer, the same for every backend (read once, without the weights)."""
         return verifier_eos_ids(self.verifier_spec, self.tokenizer)
 
     def causal_lm(self, spec: str) -> tuple:
