@@ -14,6 +14,7 @@ from specdiff.tree.build import build_tree_drafter
 from specdiff.tree.config import TreeConfig
 from specdiff.tree.drafter import TreeDrafter
 from specdiff.verifier import Verifier
+from specdiff.verifiers.backends import OpenedVerifier, open_verifier
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "Draft",
     "Drafter",
     "GenerationResult",
+    "OpenedVerifier",
     "SamplingConfig",
     "StepRecord",
     "TreeConfig",
@@ -33,6 +35,7 @@ __all__ = [
     "Verifier",
     "autoregressive_generate",
     "build_tree_drafter",
+    "open_verifier",
     "speculative_generate",
     "stream_generate",
 ]

@@ -117,8 +117,21 @@ def test_generate_runs_the_gguf_through_llama_cpp(capsys):
         pytest.fail(f"the tree's output differs from plain decoding on the backend at token {position}")
 
 
+def test_a_torch_diffusion_drafter_drafts_for_the_gguf_when_sources_name_it(capsys):
+    plain = _generate_json(capsys, "--verifier", "smollm2-135m-instruct", "--drafter", "none")
+    hybrid = _generate_json(capsys, "--verifier", "smollm2-135m-instruct", "--drafter", "smollm2-135m-instruct",
+                            "--drafter-kind", "diffusion", "--drafter-layers", "2", "--sources", "lookup,diffusion")
+    assert hybrid["backend"] == "llama-cpp"
+    assert any(branch["source"] == "diffusion" for plan in hybrid["plans"] for branch in plan["branches"])
+    if hybrid["token_ids"] != plain["token_ids"]:
+        position = next(i for i, (x, y) in enumerate(zip(hybrid["token_ids"], plain["token_ids"])) if x != y)
+        pytest.fail(f"diffusion drafts on the backend changed the output at token {position}")
+
+
 @pytest.mark.parametrize("flags, message", [
-    (["--verifier", "smollm2-135m-instruct", "--sources", "lookup,diffusion"], "drafts from lookup and suffix only"),
+    (["--verifier", "smollm2-135m-instruct", "--drafter", "specdiff-dflash-qwen2.5-coder-1.5b"],
+     "DFlash-layout drafter that reads the verifier's hidden states: use --backend transformers"),
+    (["--verifier", "smollm2-135m-instruct", "--dtype", "bfloat16"], "cannot run --dtype bfloat16"),
     (["--verifier", "tests"], "takes a named model"),
 ])
 def test_llama_cpp_refusals_are_one_line(capsys, flags, message):
@@ -160,21 +173,32 @@ def test_bench_runs_the_backends_methods_checked_against_plain_decoding_on_it(tm
 
 
 def test_auto_backend_runs_a_packaged_gguf_through_llama_cpp_where_it_can(capsys):
-    from argparse import Namespace
-
-    from specdiff.commands.generate import resolve_backend
     from specdiff.drafters.registry import DEFAULT_DRAFTER
-    from specdiff.tree.config import TreeConfig
+    from specdiff.verifiers.backends import choose_backend
 
-    asked = dict(backend="auto", verifier="smollm2-135m-instruct", drafter=DEFAULT_DRAFTER, dtype="float32")
-    assert resolve_backend(Namespace(**asked), TreeConfig()) == "llama-cpp"
-    assert resolve_backend(Namespace(**{**asked, "drafter": "none"}), TreeConfig()) == "llama-cpp"
-    for other in ({"drafter": "qwen2.5-coder-0.5b-instruct"}, {"verifier": "tests"}, {"dtype": "bfloat16"},
-                  {"backend": "transformers"}):
-        assert resolve_backend(Namespace(**{**asked, **other}), TreeConfig()) == "transformers", other
-    assert resolve_backend(Namespace(**asked), TreeConfig(sources="lookup,diffusion")) == "transformers"
+    asked = dict(verifier_spec="smollm2-135m-instruct", backend="auto", drafter_spec=DEFAULT_DRAFTER, dtype="float32")
+    for other in ({}, {"drafter_spec": "none"}, {"drafter_spec": "qwen2.5-coder-0.5b-instruct"}):
+        assert choose_backend(**{**asked, **other}) == "llama-cpp", other
+    for other in ({"drafter_spec": "specdiff-dflash-qwen2.5-coder-1.5b"}, {"verifier_spec": "tests"},
+                  {"dtype": "bfloat16"}, {"backend": "transformers"}):
+        assert choose_backend(**{**asked, **other}) == "transformers", other
     from specdiff.cli import main
 
     assert main(["generate", "--raw", "--max-new-tokens", "4", "--json", "--verifier", "smollm2-135m-instruct",
                  "--prompt", "def add(a, b):"]) == 0
     assert json.loads(capsys.readouterr().out)["backend"] == "llama-cpp"
+
+
+def test_open_verifier_gives_the_same_model_on_both_backends():
+    from specdiff import DecodingConfig, autoregressive_generate, open_verifier
+
+    on_gguf = open_verifier("smollm2-135m-instruct", "llama-cpp", threads=2)
+    in_torch = open_verifier("smollm2-135m-instruct", "transformers")
+    assert (on_gguf.backend, in_torch.backend) == ("llama-cpp", "transformers")
+    assert on_gguf.model is None and in_torch.model is not None
+    assert on_gguf.eos == in_torch.eos and on_gguf.tokenizer.get_vocab() == in_torch.tokenizer.get_vocab()
+    prompt = prompt_ids(in_torch.tokenizer)
+    config = DecodingConfig(max_new_tokens=8)
+    first = [autoregressive_generate(prompt, opened.verifier, config, opened.eos).tokens[0]
+             for opened in (on_gguf, in_torch)]
+    assert first[0] == first[1], "the GGUF and its fp32 conversion agree on the first greedy token"

@@ -10,8 +10,7 @@ from specdiff.drafters.loading import DrafterConfig, load_drafter
 from specdiff.models.loading import check_same_tokenizer, load_causal_lm, verifier_eos_ids
 from specdiff.tree.cost_cache import cached_verify_costs
 from specdiff.tree.costs import VerifyCosts
-from specdiff.verifier import Verifier
-from specdiff.verifiers.llama_cpp import open_gguf  # imports llama.cpp itself only when a GGUF opens
+from specdiff.verifiers.backends import LLAMA_CPP, TRANSFORMERS, OpenedVerifier, open_verifier
 
 
 class BenchModels:
@@ -20,14 +19,30 @@ class BenchModels:
         self._causal_lms: dict[tuple[str, str], tuple] = {}  # (spec, dtype) -> (model, tokenizer), shared with
         # load_drafter, so that diffusion drafters cut from a base (the 0.5B) share its weights with the assistant
         self._drafters: dict[tuple[str, str], object] = {}
-        self._verifier: Verifier | None = None
-        self._llama = None
+        self._opened: dict[str, OpenedVerifier] = {}  # backend -> the verifier on it
         self._costs: dict[str, VerifyCosts] = {}
+
+    def opened(self, backend: str) -> OpenedVerifier:
+        """The verifier on ``backend``, opened on first use."""
+        if backend not in self._opened:
+            opened = self._opened[backend] = open_verifier(self.verifier_spec, backend)
+            if backend == TRANSFORMERS:  # a drafter cut from the verifier itself shares its weights
+                self._causal_lms[(self.verifier_spec, "float32")] = (opened.model, opened.tokenizer)
+        return self._opened[backend]
 
     @property
     def model(self):
-        """The verifier as a transformers model (fp32), loaded on first use."""
-        return self.causal_lm(self.verifier_spec)[0]
+        """The verifier as a transformers model (fp32)."""
+        return self.opened(TRANSFORMERS).model
+
+    @property
+    def verifier(self):
+        return self.opened(TRANSFORMERS).verifier
+
+    @property
+    def llama_verifier(self):
+        """The verifier's GGUF through llama.cpp (the ``llama`` extra)."""
+        return self.opened(LLAMA_CPP).verifier
 
     @functools.cached_property
     def eos(self) -> set[int]:
@@ -36,25 +51,13 @@ class BenchModels:
 
     def causal_lm(self, spec: str) -> tuple:
         """(model, tokenizer); another model than the verifier must share its tokenizer."""
+        if spec == self.verifier_spec:
+            return self.model, self.opened(TRANSFORMERS).tokenizer
         key = (spec, "float32")
         if key not in self._causal_lms:
             self._causal_lms[key] = load_causal_lm(spec)
-        if spec != self.verifier_spec:
             check_same_tokenizer(self.tokenizer, self._causal_lms[key][1])
         return self._causal_lms[key]
-
-    @property
-    def verifier(self) -> Verifier:
-        if self._verifier is None:
-            self._verifier = Verifier(self.model)
-        return self._verifier
-
-    @property
-    def llama_verifier(self):
-        """The verifier's GGUF through llama.cpp (the ``llama`` extra)."""
-        if self._llama is None:
-            self._llama, _ = open_gguf(self.verifier_spec)
-        return self._llama
 
     def drafter(self, spec: str, weights: str):
         """A drafter network, one per (spec, weights), sharing base models with the assistant."""

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from specdiff.drafters.base import Drafter
 from specdiff.engine import DecodingConfig, autoregressive_generate, stream_generate
-from specdiff.models.loading import load_causal_lm
-from specdiff.prompting import encode_prompt, eos_token_ids
+from specdiff.prompting import encode_prompt
 from specdiff.sampling import SamplingConfig
 from specdiff.verifier import CommittedTokens, ScoredDrafts, Verifier, build_trie
+from specdiff.verifiers.backends import TRANSFORMERS, open_verifier
 
 
 @dataclass
@@ -124,19 +124,26 @@ def load_trajectories(path: Path) -> dict[str, dict]:
     return {row["id"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
 
 
-def verifier_trajectories(prompts, verifier_spec: str, max_new_tokens: int, out: Path) -> dict[str, dict]:
-    """Plain greedy decoding of every prompt through our engine, cached in ``out``
-    (one JSON line per prompt, appended as it completes, so reruns resume)."""
+def trajectory_file(out: Path, backend: str) -> Path:
+    """Where ``calibrate eval`` keeps the verifier's greedy trajectories on ``backend`` (each
+    backend's own: a near-tie can fall either way between them)."""
+    return out / ("trajectories.jsonl" if backend == TRANSFORMERS else f"trajectories-{backend}.jsonl")
+
+
+def verifier_trajectories(prompts, verifier_spec: str, max_new_tokens: int, out: Path,
+                          backend: str = TRANSFORMERS) -> dict[str, dict]:
+    """Plain greedy decoding of every prompt through our engine on ``backend`` (not AUTO),
+    cached in ``out`` (one JSON line per prompt, appended as it completes, so reruns resume)."""
 
     done = load_trajectories(out)
     todo = [p for p in prompts if p.id not in done]
     if todo:
-        model, tokenizer = load_causal_lm(verifier_spec)
-        verifier, eos = Verifier(model), eos_token_ids(model, tokenizer)
+        opened = open_verifier(verifier_spec, backend)
         with open(out, "a") as handle:
-            for prompt in tqdm(todo, desc="verifier greedy"):
-                prompt_ids = encode_prompt(tokenizer, prompt.turns[0])
-                result = autoregressive_generate(prompt_ids, verifier, DecodingConfig(max_new_tokens=max_new_tokens), eos)
+            for prompt in tqdm(todo, desc=f"verifier greedy ({backend})"):
+                prompt_ids = encode_prompt(opened.tokenizer, prompt.turns[0])
+                result = autoregressive_generate(prompt_ids, opened.verifier,
+                                                 DecodingConfig(max_new_tokens=max_new_tokens), opened.eos)
                 row = {"id": prompt.id, "prompt_ids": prompt_ids[0].tolist(), "trajectory": result.tokens,
                        "seconds": result.seconds}
                 handle.write(json.dumps(row) + "\n")

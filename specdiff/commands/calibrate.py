@@ -7,7 +7,7 @@ from pathlib import Path
 
 from specdiff.bench.datasets import load_prompts
 from specdiff.calibrate.dflash_train import DFlashTrainConfig, train_dflash
-from specdiff.calibrate.evaluate import replay_eval, verifier_trajectories
+from specdiff.calibrate.evaluate import replay_eval, trajectory_file, verifier_trajectories
 from specdiff.calibrate.teacher import TeacherConfig, generate_teacher_data, read_shards
 from specdiff.calibrate.train import TrainConfig, train
 from specdiff.config_args import add_dataclass_args, dataclass_from_args
@@ -18,6 +18,7 @@ from specdiff.drafters.registry import resolve
 from specdiff.models.loading import load_causal_lm, load_tokenizer
 from specdiff.models.registry import DEFAULT_VERIFIER
 from specdiff.serving.environment import restart_with_vllm_environment
+from specdiff.verifiers.backends import AUTO, BACKENDS, choose_backend
 
 
 def cmd_data(args) -> int:
@@ -114,7 +115,9 @@ def cmd_eval(args) -> int:
         raise ValueError(f"--out {out} is a file: give a folder for the evaluation's results")
     prompts = load_prompts(args.dataset, args.data_path, None, args.limit)
     out.mkdir(parents=True, exist_ok=True)
-    trajectories = verifier_trajectories(prompts, args.verifier, args.max_new_tokens, out / "trajectories.jsonl")
+    backend = choose_backend(args.verifier, args.backend)  # DFlash drafters read the torch model's hidden states
+    trajectories = verifier_trajectories(prompts, args.verifier, args.max_new_tokens, trajectory_file(out, backend),
+                                         backend)
     plain_tps = sum(len(r["trajectory"]) for r in trajectories.values()) / sum(r["seconds"] for r in trajectories.values())
     results = {}
     verifier_model = None  # DFlash drafters read its hidden states (one teacher-forced pass per trajectory)
@@ -133,7 +136,7 @@ def cmd_eval(args) -> int:
             print(f"{spec} K={num_drafts}: tau {stats.tau:.3f}, acceptance slot1..4 "
                   f"{' '.join(f'{a:.2f}' for a in acc[:4])}, slot>=8 mean {sum(acc[7:]) / max(1, len(acc[7:])):.3f}, "
                   f"draft {stats.draft_seconds / max(1, stats.steps) * 1000:.0f} ms/step", flush=True)
-    (out / "replay.json").write_text(json.dumps({"plain_tokens_per_s": plain_tps, "gamma": args.gamma,
+    (out / "replay.json").write_text(json.dumps({"backend": backend, "plain_tokens_per_s": plain_tps, "gamma": args.gamma,
                                                  "prompts": len(trajectories), "results": results}, indent=2))
     return 0
 
@@ -144,6 +147,9 @@ def register_eval(sub) -> None:
 
     add_dataclass_args(evaluate, DrafterConfig, prefix="drafter_")
     evaluate.add_argument("--verifier", default=DEFAULT_VERIFIER)
+    evaluate.add_argument("--backend", default=AUTO, choices=BACKENDS,
+                          help="where the verifier's greedy trajectories come from (see generate --backend); a "
+                               "drafter reading hidden states takes them from the transformers model either way")
     evaluate.add_argument("--dataset", default="humaneval")
     evaluate.add_argument("--data-path", default=None)
     evaluate.add_argument("--limit", type=int, default=20, help="prompts per category")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import time
 
@@ -19,22 +18,23 @@ from specdiff.drafters.registry import DEFAULT_DRAFTER, DFLASH, resolve
 from specdiff.engine import DecodingConfig, check_block, check_context, stream_generate
 from specdiff.models.loading import (
     check_same_tokenizer,
-    load_causal_lm,
     load_tokenizer,
     resolve_model_folder,
-    verifier_eos_ids,
 )
-from specdiff.models.prepare import is_installed
-from specdiff.models.registry import DEFAULT_VERIFIER, PACKAGED_MODELS
-from specdiff.prompting import check_utf8, encode_prompt, eos_token_ids
+from specdiff.models.registry import DEFAULT_VERIFIER
+from specdiff.prompting import check_utf8, encode_prompt
 from specdiff.sampling import SamplingConfig
 from specdiff.tree.build import build_tree_drafter, check_tree_config
-from specdiff.tree.config import TreeConfig, add_tree_args, tree_config_from_args
+from specdiff.tree.config import add_tree_args, tree_config_from_args
 from specdiff.tree.drafter import TreeDrafter
-from specdiff.verifier import Verifier
-from specdiff.verifiers.llama_cpp import open_gguf, tree_for_llama_cpp
-
-BACKENDS = ("auto", "transformers", "llama-cpp")
+from specdiff.verifiers.backends import (
+    AUTO,
+    BACKENDS,
+    LLAMA_CPP,
+    choose_backend,
+    open_verifier,
+)
+from specdiff.verifiers.llama_cpp import tree_for_llama_cpp
 
 
 def add_decoding_args(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +56,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                              "or 'none' for plain decoding (no tree, no lookup)")
     add_dataclass_args(parser, DrafterConfig, prefix="drafter_")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+    parser.add_argument("--backend", default=AUTO, choices=BACKENDS,
                         help="transformers: the verifier in PyTorch (fp32 from the GGUF), every drafter; llama-cpp: the "
-                             "GGUF itself through llama.cpp (pip install 'specdiff[llama]'; lookup and suffix drafts); "
-                             "auto (default): llama-cpp where it is installed and can run what was asked (a named "
-                             "model or .gguf file, the default drafter or none, no explicit diffusion source), the "
-                             "fastest on the CPUs measured (docs/backends.md), else transformers")
+                             "GGUF itself through llama.cpp (pip install 'specdiff[llama]'), every drafter but "
+                             "DFlash-layout ones, diffusion drafts only when --sources names them; auto (default): "
+                             "llama-cpp where it is installed and can run what was asked (a named model or .gguf "
+                             "file, fp32), the fastest on the CPUs measured (docs/backends.md), else transformers")
 
     add_tree_args(parser)
 
@@ -88,33 +88,37 @@ def decoding_config(args):
     return dataclass_from_args(DecodingConfig, args, sampling=sampling, draft_sampling=draft_sampling)
 
 
-def load_pair(args, config, load_drafter_model: bool = True):
-    """(verifier model, tokenizer, drafter or None); checks the tokenizers match. Settings
-    (``config``: the ``DecodingConfig``) and the drafter spec are checked before any model loads."""
+def load_models(args, backend: str, tree, plain: bool):
+    """(the opened verifier, the tree settings its backend takes, the drafter or None); the
+    drafter spec is checked before any weights load."""
 
     drafter_config = dataclass_from_args(DrafterConfig, args, prefix="drafter_")
-    check_before_loading(args, config)
-    wanted = load_drafter_model and args.drafter.lower() != "none"
-    if wanted:
-        check_drafter_spec(args.drafter, load_tokenizer(args.verifier))
-    model, tokenizer = load_causal_lm(args.verifier, args.dtype)
+    opened = None
+    if backend == LLAMA_CPP:  # opens in a second, and its tokenizer needs no fp32 conversion
+        tree = tree_for_llama_cpp(tree, plain)
+        opened = open_verifier(args.verifier, backend, args.drafter, args.dtype)
+    wanted = not plain and "diffusion" in tree.source_names
+    if wanted:  # on transformers, before the verifier's weights load
+        check_drafter_spec(args.drafter, opened.tokenizer if opened else load_tokenizer(args.verifier))
+    opened = opened or open_verifier(args.verifier, backend, args.drafter, args.dtype)
     drafter = None
     if wanted:
-        drafter, drafter_tokenizer = load_drafter(args.drafter, drafter_config, args.dtype, model,
-                                                  verifier_tokenizer=tokenizer)
+        drafter, drafter_tokenizer = load_drafter(args.drafter, drafter_config, args.dtype, opened.model,
+                                                  verifier_tokenizer=opened.tokenizer)
         if drafter_tokenizer is not None:  # DFlash drafters use the verifier's own embedding and head
-            check_same_tokenizer(tokenizer, drafter_tokenizer)
-    return model, tokenizer, drafter
+            check_same_tokenizer(opened.tokenizer, drafter_tokenizer)
+    return opened, tree, drafter
 
 
-def check_before_loading(args, config) -> None:
+def check_before_loading(args, config, backend: str) -> None:
     """Settings that cannot fit the verifier's context or the drafter's block, refused from
-    their configs before any weight loads (the engine checks them again with the real prompt)."""
+    their configs before any weight loads (the engine checks them again with the real prompt;
+    on llama.cpp the GGUF holds the context, read when it opens)."""
 
-    try:
-        verifier_config = AutoConfig.from_pretrained(resolve_model_folder(args.verifier))
-    except (OSError, ValueError):  # no readable config: loading the model reports it in its words
-        verifier_config = None
+    verifier_config = None  # no readable config: loading the model reports it in its words
+    if backend != LLAMA_CPP:  # there a transformers config would cost the fp32 conversion
+        with contextlib.suppress(OSError, ValueError):
+            verifier_config = AutoConfig.from_pretrained(resolve_model_folder(args.verifier))
     check_context(1, config, getattr(verifier_config, "max_position_embeddings", None))
     drafter = resolve(args.drafter)
     if drafter.kind == DFLASH:
@@ -134,9 +138,10 @@ def cmd_generate(args) -> int:
     if not plain:
         check_tree_config(tree)
     check_utf8(args.prompt)
-    dataclass_from_args(DrafterConfig, args, prefix="drafter_")  # --drafter-* flags checked on every backend
-    backend = resolve_backend(args, tree)
-    verifier, tokenizer, drafter, tree, eos = load_backend(backend, args, config, tree, plain)
+    backend = choose_backend(args.verifier, args.backend, args.drafter, args.dtype)
+    check_before_loading(args, config, backend)
+    opened, tree, drafter = load_models(args, backend, tree, plain)
+    verifier, tokenizer, eos = opened.verifier, opened.tokenizer, opened.eos
     prompt_ids = encode_prompt(tokenizer, args.prompt, chat=not args.raw)
     if not plain and tree.uses_tree:
         drafter = build_tree_drafter(tree, verifier, drafter, tokenizer)
@@ -156,30 +161,6 @@ def cmd_generate(args) -> int:
         print(f"\n\n[{len(tokens)} tokens, {len(steps)} verifier calls, tau {len(tokens) / max(1, len(steps)):.2f}, "
               f"{len(tokens) / seconds:.2f} tokens/s, backend {backend}]")
     return 0
-
-
-def resolve_backend(args, tree) -> str:
-    """The backend ``--backend auto`` means here: llama.cpp where it is installed and can run
-    what was asked, else transformers."""
-    if args.backend != "auto":
-        return args.backend
-    model = PACKAGED_MODELS.get(args.verifier)
-    runs_as_gguf = args.verifier.endswith(".gguf") or (model is not None and is_installed(model))
-    no_drafter_model = args.drafter.lower() == "none" or args.drafter == DEFAULT_DRAFTER
-    asks_for_diffusion = "diffusion" in tree.source_names and tree.sources != TreeConfig.sources
-    if (importlib.util.find_spec("llama_cpp") is not None and runs_as_gguf and no_drafter_model
-            and not asks_for_diffusion and args.dtype == "float32"):
-        return "llama-cpp"
-    return "transformers"
-
-
-def load_backend(backend: str, args, config, tree, plain: bool) -> tuple:
-    """(verifier, tokenizer, drafter or None, the tree settings that backend takes, EOS ids)."""
-    if backend == "llama-cpp":
-        verifier, tokenizer = open_gguf(args.verifier)
-        return verifier, tokenizer, None, tree_for_llama_cpp(tree, plain), verifier_eos_ids(args.verifier, tokenizer)
-    model, tokenizer, drafter = load_pair(args, config, load_drafter_model="diffusion" in tree.source_names)
-    return Verifier(model), tokenizer, drafter, tree, eos_token_ids(model, tokenizer)
 
 
 def json_report(tokenizer, tokens: list[int], steps: list, seconds: float, drafter) -> dict:
