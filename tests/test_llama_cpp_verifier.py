@@ -5,6 +5,7 @@ one-token and multi-token passes round a near-tie differently, which is reported
 
 import importlib.util
 import json
+import os
 
 import pytest
 import torch
@@ -154,7 +155,7 @@ def _bench(tmp_path, capsys, *flags):
 
 
 def test_bench_runs_the_backends_methods_checked_against_plain_decoding_on_it(tmp_path, capsys):
-    methods = "llama,llama-specdiff,llama-generate,llama-prompt-lookup"
+    methods = "llama,llama-specdiff,llama-generate,llama-prompt-lookup,llama-prompt-lookup-t3-n3"
     code, captured = _bench(tmp_path, capsys, "--methods", methods)
     assert code == 0, captured.out + captured.err
     records = [json.loads(line) for line in (tmp_path / "bench" / "records.jsonl").read_text().splitlines()]
@@ -170,6 +171,21 @@ def test_bench_runs_the_backends_methods_checked_against_plain_decoding_on_it(tm
     (tmp_path / "bench" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     code, captured = _bench(tmp_path, capsys, "--methods", methods)
     assert code == 1 and "MISMATCH: llama-specdiff on p0: first divergence at new token 2" in captured.out
+
+
+def test_llama_server_methods_need_the_binary_and_match_plain_decoding_with_it(tmp_path, capsys):
+    code, captured = _bench(tmp_path, capsys, "--methods", "llama,llama-server-ngram-mod")
+    assert code == 0 and "llama-server-ngram-mod needs a llama-server binary: --llama-server PATH" in captured.err
+    binary = os.environ.get("SPECDIFF_LLAMA_SERVER")
+    if not binary:
+        pytest.skip("no llama-server binary: set SPECDIFF_LLAMA_SERVER to run the server methods (docs/backends.md)")
+    methods = "llama,llama-server,llama-server-ngram-simple,llama-server-ngram-mod"
+    (tmp_path / "server").mkdir()
+    code, captured = _bench(tmp_path / "server", capsys, "--methods", methods, "--llama-server", binary)
+    assert code == 0, captured.out + captured.err
+    records = [json.loads(line) for line in (tmp_path / "server" / "bench" / "records.jsonl").read_text().splitlines()]
+    assert sorted({r["method"] for r in records}) == sorted(methods.split(","))
+    assert "MISMATCH" not in captured.out and "unavailable" not in captured.err
 
 
 def test_auto_backend_runs_a_packaged_gguf_through_llama_cpp_where_it_can(capsys):

@@ -8,7 +8,8 @@
   pass: what our loop's overhead over llama.cpp's is measured against;
 - ``llama-prompt-lookup``: llama-cpp-python's own speculative decoding, ``Llama`` with
   ``LlamaPromptLookupDecoding`` (``--prompt-lookup-tokens``, ``--prompt-lookup-ngram``; its
-  defaults are 10 and 2), greedy.
+  defaults are 10 and 2), greedy; ``llama-prompt-lookup-tT-nN`` the same with T tokens from
+  N-grams, so several settings run side by side (``-t3-n3``: the best on GSM8K-train).
 
 The two engine methods share one llama.cpp context; each ``Llama`` method holds its own (with a
 draft model ``Llama`` keeps every token's logits, ``n_ctx`` x vocabulary floats: 2.5 GB at 4096
@@ -18,6 +19,7 @@ tokens for the 151K-token Qwen vocabulary).
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
 import torch
@@ -28,6 +30,7 @@ from specdiff.tree.build import build_tree_drafter
 from specdiff.verifiers.llama_cpp import DEFAULT_CONTEXT, has_amx, import_llama_cpp, tree_for_llama_cpp
 
 LLAMA_METHODS = ("llama", "llama-specdiff", "llama-generate", "llama-prompt-lookup")
+PROMPT_LOOKUP_SWEEP = re.compile(r"llama-prompt-lookup-t(\d+)-n(\d+)")  # its draft tokens and n-gram, by name
 
 
 class LlamaGenerateMethod(InProcessMethod):
@@ -86,11 +89,13 @@ def build(name: str, models, settings):
     verifier = models.llama_verifier  # the Llama methods: the same GGUF, and the same threads
     if name == "llama-generate":
         return LlamaGenerateMethod(name, verifier.gguf_path, models.eos, verifier.threads)
-    if name == "llama-prompt-lookup":
+    sweep = PROMPT_LOOKUP_SWEEP.fullmatch(name)
+    if name == "llama-prompt-lookup" or sweep:
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding  # llama.cpp is optional
 
-        lookup = LlamaPromptLookupDecoding(max_ngram_size=settings.prompt_lookup_ngram,
-                                           num_pred_tokens=settings.prompt_lookup_tokens)
+        tokens, ngram = (int(sweep.group(1)), int(sweep.group(2))) if sweep else (
+            settings.prompt_lookup_tokens, settings.prompt_lookup_ngram)
+        lookup = LlamaPromptLookupDecoding(max_ngram_size=ngram, num_pred_tokens=tokens)
         return LlamaGenerateMethod(name, verifier.gguf_path, models.eos, verifier.threads, lookup)
     drafter = None
     if name == "llama-specdiff":

@@ -20,8 +20,10 @@
   ``dflash-kN-gG`` as for specdiff2.
 - ``vllm``, ``vllm-ngram``, ``vllm-dflash``, ``vllm-specdiff``: the same through vLLM's
   offline engine (``bench/vllm_methods.py``; needs the vllm extra).
-- ``llama``, ``llama-specdiff``, ``llama-prompt-lookup``: the verifier's GGUF through llama.cpp
-  (``bench/llama_methods.py``; needs the llama extra).
+- ``llama``, ``llama-specdiff``, ``llama-generate``, ``llama-prompt-lookup``: the verifier's GGUF
+  through llama.cpp (``bench/llama_methods.py``; needs the llama extra).
+- ``llama-server``, ``llama-server-ngram-*``: llama.cpp's own server and its n-gram speculative
+  decoding (``bench/llama_server_methods.py``; needs ``--llama-server PATH``).
 
 Every method is a ``Method`` built by one entry of ``BUILDERS`` (name -> builder); the models
 they share are loaded once, on first use, by ``BenchModels``.
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specdiff.bench import llama_methods, vllm_methods
+from specdiff.bench import llama_methods, llama_server_methods, vllm_methods
 from specdiff.bench.method import EngineMethod, InProcessMethod, Method
 from specdiff.bench.method_output import MethodOutput
 from specdiff.bench.model_cache import BenchModels
@@ -97,6 +99,7 @@ class MethodSettings:
     seed: int = 0  # sampling seed, the same for every method and prompt
     prompt_lookup_tokens: int = 10  # tokens prompt lookup drafts (transformers', vLLM's and llama.cpp's)
     prompt_lookup_ngram: int = 2  # longest n-gram llama-cpp-python's prompt lookup matches (its default)
+    llama_server: str = ""  # a llama-server binary, for the llama-server methods (optional)
     assistant: str = "qwen2.5-coder-0.5b-instruct"
     specdiff_v1_drafter: str = "specdiff-qwen2.5-coder-1.5b-adapted"  # adapted, not aligned
     specdiff2_drafter: str = DEFAULT_DRAFTER
@@ -159,15 +162,20 @@ BUILDERS: dict[str, Builder] = {
     **{name: drafter_method for name in ("specdiff", "specdiff-v1", "specdiff2", "dflash")},
     **{name: vllm_methods.build for name in vllm_methods.VLLM_METHODS},
     **{name: llama_methods.build for name in llama_methods.LLAMA_METHODS},
+    **{name: llama_server_methods.build for name in llama_server_methods.LLAMA_SERVER_METHODS},
 }
 
 
 def builder_for(name: str) -> Builder:
+    if name in BUILDERS:
+        return BUILDERS[name]
     sweep = SWEEP_METHOD.fullmatch(name)
-    if name not in BUILDERS and not sweep:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(BUILDERS)}, "
-                         "specdiff2-kN[-gG][-int8|-fp32], dflash-kN[-gG][-int8|-fp32]")
-    return BUILDERS[sweep.group(1) if sweep else name]
+    if sweep:
+        return BUILDERS[sweep.group(1)]
+    if llama_methods.PROMPT_LOOKUP_SWEEP.fullmatch(name):
+        return llama_methods.build
+    raise ValueError(f"unknown method {name!r}; known: {', '.join(BUILDERS)}, specdiff2-kN[-gG][-int8|-fp32], "
+                     "dflash-kN[-gG][-int8|-fp32], llama-prompt-lookup-tT-nN")
 
 
 def check_method_names(names: list[str]) -> None:

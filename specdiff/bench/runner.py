@@ -128,7 +128,12 @@ def run_bench(config: BenchConfig, out_dir: str | Path) -> BenchRun:
     conversations = _conversations(prompts, config)
     warm_ids = encode_conversation(tokenizer, ["Say hi."], [], config.chat)
     with Recorder(records, records_path, config, len(conversations) * len(methods), unavailable) as recorder:
-        encoded = _run_interleaved([m for m in methods if not m.blockwise], prompts, models, recorder, warm_ids)
+        interleaved = [m for m in methods if not m.blockwise and _started(m, unavailable)]
+        try:
+            encoded = _run_interleaved(interleaved, prompts, models, recorder, warm_ids)
+        finally:
+            for method in interleaved:
+                method.close()
         _run_blockwise([m for m in methods if m.blockwise], conversations, encoded, recorder, warm_ids, unavailable)
     ran = {method.name for method in methods}
     this_run = [r for key, r in records.items() if key[0] in ran and key[1] in encoded]
@@ -218,12 +223,7 @@ def _run_blockwise(methods: list, conversations: list[tuple], encoded: dict, rec
         recorder.bar.update(len(conversations) - len(todo))
         if not todo:
             continue
-        try:
-            method.open()
-        except Exception as error:  # an engine that cannot start is reported, not faked; the rest still run
-            reason = (str(error).splitlines() or [type(error).__name__])[0]
-            unavailable[method.name] = f"could not start: {reason}"
-            print(f"method {method.name} unavailable: {unavailable[method.name]}", file=sys.stderr)
+        if not _started(method, unavailable):
             continue
         try:
             method.run(warm_ids, 4)
@@ -232,6 +232,18 @@ def _run_blockwise(methods: list, conversations: list[tuple], encoded: dict, rec
                 recorder.bar.update(1)
         finally:
             method.close()
+
+
+def _started(method, unavailable: dict[str, str]) -> bool:
+    """``method.open()``; an engine that cannot start is reported, not faked, and the rest still run."""
+    try:
+        method.open()
+    except Exception as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        unavailable[method.name] = f"could not start: {reason}"
+        print(f"method {method.name} unavailable: {unavailable[method.name]}", file=sys.stderr)
+        return False
+    return True
 
 
 def _question_id(prompt, turn: int, config: BenchConfig) -> str:
