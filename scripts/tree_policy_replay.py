@@ -71,10 +71,13 @@ def main() -> None:
     parser.add_argument("--trajectories", required=True, help="a calibrate eval trajectories*.jsonl")
     parser.add_argument("--costs", required=True, help="size:milliseconds,... the backend's verify-cost curve")
     parser.add_argument("--sources", default="lookup,suffix")
+    parser.add_argument("--tree", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="other TreeConfig fields, e.g. max_depth=24 max_nodes=32")
     parser.add_argument("--vocab-size", type=int, default=151936)
     args = parser.parse_args()
     rows = list(load_trajectories(Path(args.trajectories)).values())
-    result = replay_tree(rows, TreeConfig(sources=args.sources), parse_costs(args.costs), args.vocab_size)
+    fields = {name: int(value) for name, value in (item.split("=") for item in args.tree)}
+    result = replay_tree(rows, TreeConfig(sources=args.sources, **fields), parse_costs(args.costs), args.vocab_size)
     print(json.dumps(result, indent=1))
 
 
