@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from specdiff.acceptance import greedy_accept, rejection_accept
-from specdiff.drafters.base import Accepted, Draft, Drafter
+from specdiff.drafter import Accepted, Draft, Drafter
 from specdiff.prompting import truncate_at_eos
 from specdiff.sampling import SamplingConfig, logits_to_probs
 from specdiff.verifier import Verifier

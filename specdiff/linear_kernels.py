@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specdiff.machine_cache import cpu_name, read_entries, store_entry
-from specdiff.models.prepare import cache_root
+from specdiff.machine_cache import cache_root, cpu_name, read_entries, store_entry
 
 KERNEL_MODES = ("measured", "plain")  # SPECDIFF_KERNELS
 ROW_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 24, 32, 48, 64)  # a call with r rows uses the plan of the smallest bucket >= r

@@ -1,6 +1,7 @@
-"""Measurements kept per machine in one JSON file of specdiff's cache folder (kernel plans,
-verify-cost tables): read leniently, written under a lock so concurrent processes keep each
-other's entries, replaced atomically so a reader never sees half a file."""
+"""specdiff's cache folder on this machine, and the measurements kept there per machine in
+JSON files (kernel plans, verify-cost tables): read leniently, written under a lock so
+concurrent processes keep each other's entries, replaced atomically so a reader never sees
+half a file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import json
 import os
 import platform
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """$SPECDIFF_CACHE, else the standard user cache ($XDG_CACHE_HOME or ~/.cache)/specdiff."""
+    if os.environ.get("SPECDIFF_CACHE"):
+        return Path(os.environ["SPECDIFF_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "specdiff"
 
 
 def cpu_name() -> str:

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from specdiff.kv_cache import cache_keyword
 from specdiff.linear_kernels import kernel_mode
-from specdiff.models.loading import cache_keyword
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from specdiff.drafters.base import Accepted
+from specdiff.drafter import Accepted
 from specdiff.drafters.standalone.drafter import DiffusionDrafter, block_attention_mask, chunk_bounds
 from specdiff.drafters.standalone.from_causal_lm import diffusion_lm_from_causal_lm
 from specdiff.sampling import SamplingConfig

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from specdiff import DecodingConfig, DiffusionDrafter, Verifier, autoregressive_generate, speculative_generate
-from specdiff.drafters.base import Accepted
+from specdiff.drafter import Accepted
 from specdiff.drafters.standalone.dream import is_masked_diffusion_lm, load_dream
 from specdiff.sampling import SamplingConfig
 

@@ -3,7 +3,7 @@
 import torch
 from transformers import DynamicCache
 
-from specdiff.models.loading import cache_keyword
+from specdiff.kv_cache import cache_keyword
 from specdiff.verifier import Verifier, build_trie
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from specdiff.drafters.base import Drafter
+from specdiff.drafter import Drafter
 from specdiff.engine import DecodingConfig, autoregressive_generate, stream_generate
 from specdiff.prompting import encode_prompt
 from specdiff.sampling import SamplingConfig

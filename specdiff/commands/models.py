@@ -8,7 +8,8 @@ import time
 
 from specdiff.drafters.conditioned.shipped import SHIPPED_DFLASH, dflash_drafter_folder, shipped_dflash_dir
 from specdiff.drafters.standalone.files import DRAFTER_CONFIG, SHIPPED_DRAFTERS, shipped_drafter_dir
-from specdiff.models.prepare import ModelUnavailableError, cache_root, is_installed, is_prepared, prepare, prepared_dir
+from specdiff.machine_cache import cache_root
+from specdiff.models.prepare import ModelUnavailableError, is_installed, is_prepared, prepare, prepared_dir
 from specdiff.models.registry import PACKAGED_MODELS
 
 

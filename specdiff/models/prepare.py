@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from specdiff.machine_cache import cache_root
 from specdiff.models.registry import PACKAGED_MODELS, PackagedModel
 
 CHUNK = 16 << 20
@@ -26,13 +27,6 @@ CHUNK = 16 << 20
 
 class ModelUnavailableError(RuntimeError):
     """A model cannot be found, prepared or loaded; the message says what to do."""
-
-
-def cache_root() -> Path:
-    """$SPECDIFF_CACHE, else the standard user cache ($XDG_CACHE_HOME or ~/.cache)/specdiff."""
-    if os.environ.get("SPECDIFF_CACHE"):
-        return Path(os.environ["SPECDIFF_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "specdiff"
 
 
 def prepared_dir(model: PackagedModel) -> Path:

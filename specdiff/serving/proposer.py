@@ -33,7 +33,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from specdiff.drafters.base import Accepted, Draft
+from specdiff.drafter import Accepted, Draft
 from specdiff.drafters.loading import DrafterConfig, load_drafter
 from specdiff.drafters.standalone.drafter import DiffusionDrafter
 from specdiff.sampling import SamplingConfig

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from specdiff.machine_cache import cpu_name, read_entries, store_entry
-from specdiff.models.prepare import cache_root
+from specdiff.machine_cache import cache_root, cpu_name, read_entries, store_entry
 from specdiff.tree.costs import VerifyCosts, measure_verify_costs
 
 COSTS_FILE = "verify_costs.json"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from specdiff.drafters.base import Accepted, Draft
+from specdiff.drafter import Accepted, Draft
 from specdiff.sampling import SamplingConfig
 from specdiff.tree.config import TreeConfig
 from specdiff.tree.costs import VerifyCosts

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from specdiff.drafters.base import Accepted, Drafter
+from specdiff.drafter import Accepted, Drafter
 from specdiff.sampling import SamplingConfig
 from specdiff.tree.matching import longest_suffix_matches, merge_continuations
 from specdiff.tree.suffix_index import SuffixIndex

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from specdiff.drafters.base import Accepted, Draft
+from specdiff.drafter import Accepted, Draft
 from specdiff.drafters.conditioned.network import ContextKV, DFlashNetwork
 from specdiff.linear_kernels import use_fast_linear
 from specdiff.sampling import SamplingConfig, drafts_from_marginals, slot_confidence

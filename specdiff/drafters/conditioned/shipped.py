@@ -31,8 +31,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
 from specdiff.drafters.conditioned.files import MASK_EMBEDDING_FILE, check_fits, config_from_dict, load_dflash
+from specdiff.machine_cache import cache_root
 from specdiff.models.loading import resolve_model_folder
-from specdiff.models.prepare import cache_root
 
 SHIPPED_DFLASH = {"specdiff-dflash-qwen2.5-coder-1.5b": "specdiff_dflash_qwen2.5_coder_1.5b"}
 SPEC_FILE, DELTAS_FILE = "dflash.json", "deltas.safetensors"

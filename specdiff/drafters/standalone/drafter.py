@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
 
-from specdiff.drafters.base import Accepted, Draft
+from specdiff.drafter import Accepted, Draft
 from specdiff.drafters.standalone.network import DiffusionLM
 from specdiff.sampling import (
     SamplingConfig,
