@@ -44,12 +44,14 @@ def free_port() -> int:
 class LlamaServerMethod:
     blockwise = False  # a server idles between requests, so it interleaves with the in-process methods
 
-    def __init__(self, name: str, binary: str, gguf_path: Path, eos: set[int], threads: int,
+    def __init__(self, name: str, binary: str, gguf_path: Path, end_token: int, threads: int,
                  spec_type: str | None = None):
+        """``end_token``: what an answer the server ended at an end-of-generation token gets as
+        its last token (the server leaves it out and does not say which it was)."""
         if not Path(binary).is_file():
             raise FileNotFoundError(f"no llama-server binary at {binary} (--llama-server PATH; docs/backends.md "
                                     "says how to build one)")
-        self.name, self.binary, self.gguf_path, self.eos = name, binary, gguf_path, eos
+        self.name, self.binary, self.gguf_path, self.end_token = name, binary, gguf_path, end_token
         self.threads, self.spec_type = threads, spec_type
         self.process: subprocess.Popen | None = None
         self.url = ""
@@ -100,8 +102,8 @@ class LlamaServerMethod:
             answer = json.loads(response.read())
         seconds = time.perf_counter() - started
         tokens = list(answer["tokens"])
-        if answer.get("stop_type") == "eos" and not (tokens and tokens[-1] in self.eos):
-            tokens.append(min(self.eos))  # the server leaves the EOS token out; every other method's answer keeps it
+        if answer.get("stop_type") == "eos":
+            tokens.append(self.end_token)  # every other method's answer keeps its EOS token
         return MethodOutput(tokens, seconds)
 
     def close(self) -> None:
@@ -123,4 +125,6 @@ def build(name: str, models, settings) -> LlamaServerMethod:
         raise FileNotFoundError(f"{name} needs a llama-server binary: --llama-server PATH (docs/backends.md)")
     verifier = models.llama_verifier  # the same GGUF and threads as the other llama methods
     spec_type = name.removeprefix("llama-server-") if name != "llama-server" else None
-    return LlamaServerMethod(name, settings.llama_server, verifier.gguf_path, models.eos, verifier.threads, spec_type)
+    # the tokenizer's EOS is the chat model's end of turn (Qwen: <|im_end|>), the one its answers end with
+    end_token = models.tokenizer.eos_token_id if models.tokenizer.eos_token_id in models.eos else min(models.eos)
+    return LlamaServerMethod(name, settings.llama_server, verifier.gguf_path, end_token, verifier.threads, spec_type)
