@@ -10,6 +10,9 @@ without running the verifier: a development tool, never a speed claim (those com
 
     python scripts/tree_policy_replay.py --trajectories runs/policy-replay/trajectories-llama-cpp.jsonl \
         --costs 1:90,2:132,3:160,4:189,6:256,8:330,12:295,16:303,24:436
+
+Trajectories: ``specdiff calibrate eval --backend llama-cpp --dataset gsm8k ...`` (GSM8K-train)
+or ``scripts/training_trajectories.py`` (code and passage instructions from the standard library).
 """
 
 from __future__ import annotations

@@ -60,6 +60,27 @@ def test_context_lookup_agrees_with_vllm_ngram_proposer(tokens, min_n, max_n, k,
     assert indexed_ngram == ngram and index.continuation(int(indexed[0]), k) == expected
 
 
+def brute_force_suffix_matches(tokens: list[int], min_n: int, max_n: int) -> tuple[int, list[int]]:
+    for n in range(min(max_n, len(tokens) - 1), min_n - 1, -1):
+        suffix = tokens[len(tokens) - n:]
+        starts = [end + 1 for end in range(n - 1, len(tokens) - 1) if tokens[end + 1 - n:end + 1] == suffix]
+        if starts:
+            return n, starts
+    return 0, []
+
+
+def test_suffix_matches_agree_with_brute_force_for_long_ngrams():
+    generator = np.random.default_rng(1)
+    for trial in range(300):
+        alphabet = int(generator.integers(2, 6))
+        tokens = generator.integers(0, alphabet, size=int(generator.integers(1, 60))).tolist()
+        if trial % 3 == 0:  # a copied stretch: long matches
+            tokens = tokens + tokens[: int(generator.integers(1, len(tokens) + 1))]
+        min_n, max_n = int(generator.integers(1, 4)), int(generator.integers(4, 40))
+        ngram, starts = longest_suffix_matches(np.array(tokens), min_n, max_n)
+        assert (ngram, starts.tolist()) == brute_force_suffix_matches(tokens, min_n, max_n), tokens
+
+
 def test_every_match_is_kept_and_merged_with_counts():
     tokens = np.array([1, 2, 3, 100, 1, 2, 3, 200, 1, 2, 3, 100, 1, 2, 3])
     ngram, starts = longest_suffix_matches(tokens, 1, 3)
@@ -69,22 +90,23 @@ def test_every_match_is_kept_and_merged_with_counts():
     assert branches[0].shares == [2 / 3, 1.0] and branches[0].count == 2
 
 
-def test_suffix_index_finds_what_brute_force_finds():
+@pytest.mark.parametrize("alphabet, max_ngram", [(5, 4), (3, 10)])
+def test_suffix_index_finds_what_brute_force_finds(alphabet, max_ngram):
     generator = np.random.default_rng(0)
-    documents = [generator.integers(0, 5, size=int(generator.integers(1, 40))).tolist() for _ in range(30)]
-    index = SuffixIndex(max_ngram=4)
+    documents = [generator.integers(0, alphabet, size=int(generator.integers(1, 40))).tolist() for _ in range(30)]
+    index = SuffixIndex(max_ngram=max_ngram)
     index.add(documents[:20])
     index.add(documents[20:])  # added later, as earlier outputs are
     assert index.documents == 30 and index.num_tokens == sum(map(len, documents))
     for _ in range(200):
-        context = generator.integers(0, 5, size=int(generator.integers(1, 8))).tolist()
-        ngram, starts = index.matches(context, 1, 4)
+        context = generator.integers(0, alphabet, size=int(generator.integers(1, 2 * max_ngram))).tolist()
+        ngram, starts = index.matches(context, 1, max_ngram)
         found = {(d, i + len(context[-ngram:])) for d, doc in enumerate(documents)
                  for i in range(len(doc) - ngram) if ngram and doc[i:i + ngram] == context[-ngram:]}
         def occurs(n, context=context):
             return any(doc[i:i + n] == context[-n:] for doc in documents for i in range(len(doc) - n))
 
-        expected_ngram = next((n for n in range(min(4, len(context)), 0, -1) if occurs(n)), 0)
+        expected_ngram = next((n for n in range(min(max_ngram, len(context)), 0, -1) if occurs(n)), 0)
         assert ngram == expected_ngram and len(starts) == len(found)
         for start in starts:  # every hit is followed by a token of its own document
             assert index.continuation(int(start), 1)
@@ -134,6 +156,19 @@ def test_shared_prefixes_cost_once_only_when_merging():
     assert merged.nodes == 3 and merged.lengths == [2, 2]
     apart = select_nodes(branches, acceptance, costs, 0.0, max_nodes=3, merge=False)
     assert apart.nodes == 3 and sorted(apart.lengths) == [1, 2]
+
+
+def test_disagreeing_branches_never_expect_more_than_one_token_in_a_slot():
+    """Two sources proposing different next tokens, each estimated at 0.8 on its own: at most
+    one is accepted, so the step expects at most 2 tokens, and the second branch is worth the
+    0.2 left, which a pass of 3 tokens at this price does not pay for."""
+    branches = [branch([5, 6], 0.8, "lookup"), branch([7, 8], 0.8, "suffix")]
+    acceptance = [[0.8, 0.0], [0.8, 0.0]]
+    costs = VerifyCosts({1: 1.0, 2: 1.4, 3: 1.9})
+    chosen = select_nodes(branches, acceptance, costs, 0.0, max_nodes=4, merge=True)
+    assert chosen.lengths == [1, 0] and chosen.expected_tokens == pytest.approx(1.8)
+    both = select_nodes(branches, acceptance, VerifyCosts({1: 1.0, 4: 1.0}), 0.0, max_nodes=4, merge=True)
+    assert both.expected_tokens <= 2.0 + 1e-9
 
 
 def test_estimates_learn_from_outcomes():

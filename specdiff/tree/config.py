@@ -20,7 +20,7 @@ class TreeConfig:
         "aliases": ("--datastore",),
         "help": "files, a folder of them or JSONL (a 'text' field per line) whose token text the suffix source "
                 "searches"})
-    max_depth: int = field(default=10, metadata={"help": "longest branch a lookup source proposes"})
+    max_depth: int = field(default=16, metadata={"help": "longest branch a lookup source proposes"})
     max_nodes: int = field(default=24, metadata={"help": "most draft tokens in one verification pass"})
     min_ngram: int = field(default=1, metadata={"help": "shortest suffix match a lookup source uses"})
     max_ngram: int = field(default=4, metadata={"help": "longest suffix match a lookup source tries"})

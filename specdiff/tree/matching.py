@@ -14,20 +14,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 
 def longest_suffix_matches(tokens: np.ndarray, min_ngram: int, max_ngram: int) -> tuple[int, np.ndarray]:
     """(n, starts): the largest n in [min_ngram, max_ngram] for which ``tokens[-n:]`` occurs
     earlier in ``tokens`` (overlaps allowed, the suffix itself excluded), and the positions
-    right after each earlier occurrence, earliest first. (0, empty) when nothing matches."""
+    right after each earlier occurrence, earliest first. (0, empty) when nothing matches.
+
+    One pass per suffix token over the surviving candidates only (the earlier positions of the
+    last token), so a long ``max_ngram`` costs little where matches are short."""
     length = len(tokens)
-    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
-        windows = sliding_window_view(tokens[:length - 1], n)  # starts 0 .. length - 1 - n
-        hits = np.flatnonzero((windows == tokens[length - n:]).all(axis=1))
-        if len(hits):
-            return n, hits + n
-    return 0, np.zeros(0, dtype=np.int64)
+    if length < 2:
+        return 0, np.zeros(0, dtype=np.int64)
+    ends = np.flatnonzero(tokens[:length - 1] == tokens[length - 1])  # where an occurrence could end
+    matched = np.ones(len(ends), dtype=np.int64)  # suffix tokens each candidate agrees with so far
+    alive = ends
+    for back in range(1, min(max_ngram, length - 1)):
+        alive = alive[alive - back >= 0]
+        alive = alive[tokens[alive - back] == tokens[length - 1 - back]]
+        if not len(alive):
+            break
+        matched[np.searchsorted(ends, alive)] += 1
+    longest = int(matched.max(initial=0))  # at most max_ngram: the loop stops there
+    if longest < max(min_ngram, 1):
+        return 0, np.zeros(0, dtype=np.int64)
+    return longest, ends[matched == longest] + 1
 
 
 @dataclass(frozen=True)

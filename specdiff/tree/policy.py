@@ -8,7 +8,9 @@ admitted best first (a child never beats its parent, so every prefix of that ord
 tree) and the size with the best ratio wins; zero nodes is a plain step.
 
 With ``merge`` (greedy verification only) branches that share a prefix share its nodes,
-which then cost nothing twice. Under sampled verification each branch is accounted alone,
+which then cost nothing twice, and the children of one node, being exclusive (at most one is
+the verifier's next token), share their parent's probability: sources calibrated apart can
+each claim 0.8 for different tokens, which would count 1.6 tokens where at most one lands. Under sampled verification each branch is accounted alone,
 so no row's length ever depends on another row's sampled tokens (see ``rejection_accept``).
 """
 
@@ -39,6 +41,7 @@ def select_nodes(branches: list[Branch], acceptance: list[list[float]], costs: V
     """acceptance[b][j]: P(token j of branch b accepted | token j - 1 accepted)."""
     lengths = [0] * len(branches)
     node_probability: dict[tuple, float] = {}
+    children_mass: dict[tuple, float] = {}  # merge: probability given to the children of each node so far
     frontier = [(-acceptance[b][0], b, 0) for b in range(len(branches)) if branches[b].tokens]
     heapq.heapify(frontier)
     expected = 0.0
@@ -47,8 +50,13 @@ def select_nodes(branches: list[Branch], acceptance: list[list[float]], costs: V
         negative, branch, position = heapq.heappop(frontier)
         key = tuple(branches[branch].tokens[:position + 1]) if merge else (branch, position)
         if key not in node_probability:
-            node_probability[key] = -negative
-            expected += -negative
+            probability = -negative
+            if merge:  # siblings are exclusive: together at most their parent's probability
+                parent = key[:-1]
+                probability = min(probability, node_probability.get(parent, 1.0) - children_mass.get(parent, 0.0))
+                children_mass[parent] = children_mass.get(parent, 0.0) + probability
+            node_probability[key] = probability
+            expected += probability
         lengths[branch] = position + 1
         if position + 1 < len(branches[branch].tokens):
             probability = node_probability[key] * acceptance[branch][position + 1]

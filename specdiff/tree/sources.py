@@ -40,6 +40,12 @@ def depth_bucket(depth: int) -> int:
     return min(depth, 4)
 
 
+def match_bucket(ngram: int) -> int:
+    """Calibration bucket of a lookup match's length: 1, 2, 3, 4, then 5-7, 8-15 and 16 or more
+    (long matches are copies under way, whose drafts land far more often)."""
+    return ngram if ngram <= 4 else 5 if ngram < 8 else 8 if ngram < 16 else 16
+
+
 def model_prior(depth: int) -> float:
     """A drafter's acceptance at a draft depth before anything is learnt or signalled."""
     return 0.5 ** (depth + 1)
@@ -50,7 +56,7 @@ def lookup_branches(source: str, ngram: int, continuations: list[list[int]], max
     larger share of agreeing matches are likelier to be accepted."""
     branches = []
     for merged in merge_continuations(continuations, max_branches):
-        keys = [(source, depth_bucket(depth), min(ngram, 4), round(share, 1))
+        keys = [(source, depth_bucket(depth), match_bucket(ngram), round(share, 1))
                 for depth, share in enumerate(merged.shares)]
         priors = [share * (0.35 + 0.1 * min(ngram, 4)) for share in merged.shares]
         branches.append(Branch(source, merged.tokens, keys, priors))

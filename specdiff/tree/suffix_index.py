@@ -58,12 +58,16 @@ class SuffixIndex:
     def matches(self, context: Sequence[int], min_ngram: int, max_ngram: int) -> tuple[int, np.ndarray]:
         """(n, starts) as ``longest_suffix_matches``: the longest n-gram ending ``context``
         found in the documents, and the positions after its occurrences, earliest first."""
-        for n in range(min(max_ngram, self.max_ngram, len(context)), min_ngram - 1, -1):
-            target = tuple(reversed(list(context[-n:])))
-            low = bisect.bisect_left(self._order, target, key=lambda p: self._key(p, n))
-            high = bisect.bisect_right(self._order, target, key=lambda p: self._key(p, n))
-            if high > low:
-                return n, np.sort(self._order[low:high])
+        found, low, high = 0, 0, len(self._order)
+        for n in range(max(min_ngram, 1), min(max_ngram, self.max_ngram, len(context)) + 1):
+            target = tuple(reversed(list(context[-n:])))  # its range lies within the (n - 1)-gram's
+            low = bisect.bisect_left(self._order, target, lo=low, hi=high, key=lambda p: self._key(p, n))
+            high = bisect.bisect_right(self._order, target, lo=low, hi=high, key=lambda p: self._key(p, n))
+            if high == low:
+                break
+            found, starts = n, (low, high)
+        if found:
+            return found, np.sort(self._order[starts[0]:starts[1]])
         return 0, np.zeros(0, dtype=np.int64)
 
     def continuation(self, start: int, length: int) -> list[int]:
