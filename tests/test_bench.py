@@ -235,3 +235,13 @@ def test_bench_drafts_with_a_dream_architecture_drafter(tiny_model_dir, tmp_path
     assert "equals ar's token for token" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert {r["method"] for r in records} == {"ar", "specdiff2"}
+
+
+def test_llama_server_answers_end_with_exactly_one_end_of_generation_token():
+    from specdiff.bench.llama_server_methods import answer_tokens
+
+    eos = frozenset({151643, 151645})
+    assert answer_tokens({"tokens": [5, 6], "stop_type": "eos"}, 151645, eos) == [5, 6, 151645]  # left out
+    assert answer_tokens({"tokens": [5, 151645], "stop_type": "eos"}, 151645, eos) == [5, 151645]  # kept
+    assert answer_tokens({"tokens": [5, 151643], "stop_type": "eos"}, 151645, eos) == [5, 151643]
+    assert answer_tokens({"tokens": [5, 6], "stop_type": "limit"}, 151645, eos) == [5, 6]

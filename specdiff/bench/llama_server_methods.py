@@ -41,17 +41,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def answer_tokens(answer: dict, end_token: int, eos: frozenset[int]) -> list[int]:
+    """A ``/completion`` answer's tokens, ending with its end-of-generation token where the server
+    stopped at one, as every other method's answer does: the server sometimes leaves that token
+    out of ``tokens`` (then ``end_token`` is appended) and sometimes keeps it."""
+    tokens = list(answer["tokens"])
+    if answer.get("stop_type") == "eos" and not (tokens and tokens[-1] in eos):
+        tokens.append(end_token)
+    return tokens
+
+
 class LlamaServerMethod:
     blockwise = False  # a server idles between requests, so it interleaves with the in-process methods
 
     def __init__(self, name: str, binary: str, gguf_path: Path, end_token: int, threads: int,
-                 spec_type: str | None = None):
+                 spec_type: str | None = None, eos: frozenset[int] = frozenset()):
         """``end_token``: what an answer the server ended at an end-of-generation token gets as
-        its last token (the server leaves it out and does not say which it was)."""
+        its last token where the server left that token out (it does not say which it was); an
+        answer that already ends with one of ``eos`` keeps it as it is."""
         if not Path(binary).is_file():
             raise FileNotFoundError(f"no llama-server binary at {binary} (--llama-server PATH; docs/backends.md "
                                     "says how to build one)")
         self.name, self.binary, self.gguf_path, self.end_token = name, binary, gguf_path, end_token
+        self.eos = frozenset(eos) | {end_token}
         self.threads, self.spec_type = threads, spec_type
         self.process: subprocess.Popen | None = None
         self.url = ""
@@ -101,10 +113,7 @@ class LlamaServerMethod:
         with urllib.request.urlopen(request, timeout=600) as response:
             answer = json.loads(response.read())
         seconds = time.perf_counter() - started
-        tokens = list(answer["tokens"])
-        if answer.get("stop_type") == "eos":
-            tokens.append(self.end_token)  # every other method's answer keeps its EOS token
-        return MethodOutput(tokens, seconds)
+        return MethodOutput(answer_tokens(answer, self.end_token, self.eos), seconds)
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -127,4 +136,5 @@ def build(name: str, models, settings) -> LlamaServerMethod:
     spec_type = name.removeprefix("llama-server-") if name != "llama-server" else None
     # the tokenizer's EOS is the chat model's end of turn (Qwen: <|im_end|>), the one its answers end with
     end_token = models.tokenizer.eos_token_id if models.tokenizer.eos_token_id in models.eos else min(models.eos)
-    return LlamaServerMethod(name, settings.llama_server, verifier.gguf_path, end_token, verifier.threads, spec_type)
+    return LlamaServerMethod(name, settings.llama_server, verifier.gguf_path, end_token, verifier.threads, spec_type,
+                             frozenset(models.eos))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from specdiff.bench.methods import MethodSettings
 from specdiff.bench.report import ENGINE_REFERENCES, check_equality, markdown_table, plot, summarize
-from specdiff.bench.runner import PRESETS, BenchConfig, run_bench
+from specdiff.bench.runner import PRESETS, QUICK_METHODS, BenchConfig, run_bench
 from specdiff.bench.tree_report import tree_markdown, tree_statistics
 from specdiff.config_args import add_dataclass_args, dataclass_from_args
 from specdiff.serving.environment import restart_with_vllm_environment
@@ -82,7 +82,7 @@ def register(commands) -> None:
     bench = commands.add_parser("bench", help="measure every method on the same verifier, prompts and machine")
     bench.add_argument("--out", default="runs/bench", help="output folder (reruns skip finished records)")
     bench.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help="quick: 3 HumanEval prompts x 64 tokens, the torch methods and llama, llama-specdiff, llama-prompt-lookup")
+                       help=f"quick: 3 HumanEval prompts x 64 tokens, {', '.join(QUICK_METHODS)} (fits in 10 GB)")
     add_dataclass_args(bench, BenchConfig, skip=("settings",))
     add_dataclass_args(bench, MethodSettings, skip=("tree",))
     add_tree_args(bench)
