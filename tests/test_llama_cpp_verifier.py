@@ -218,3 +218,29 @@ def test_open_verifier_gives_the_same_model_on_both_backends():
     first = [autoregressive_generate(prompt, opened.verifier, config, opened.eos).tokens[0]
              for opened in (on_gguf, in_torch)]
     assert first[0] == first[1], "the GGUF and its fp32 conversion agree on the first greedy token"
+
+
+def test_an_eval_callback_sees_every_tensor_of_a_pass_without_changing_it(verifier, tokenizer):
+    """scripts/llama_pass_layers.py reads each intermediate tensor through llama.cpp's eval
+    callback; watching must not change what a pass computes."""
+    import llama_cpp
+
+    from specdiff.verifiers.llama_cpp import LlamaCppVerifier
+
+    seen = []
+
+    def on_tensor(pointer, ask, user_data):
+        if not ask:
+            seen.append(pointer)
+        return True
+
+    callback = llama_cpp.ggml_backend_sched_eval_callback(on_tensor)
+    watched = LlamaCppVerifier(find_parts(SMOL)[0], context=512, threads=2, eval_callback=callback)
+    ids = prompt_ids(tokenizer)
+    logits = []
+    for scorer in (verifier, watched):
+        scorer.prefill(ids[:, :-3])
+        seen.clear()
+        logits.append(scorer.score(ids[:, -4:]).logits)
+    assert len(seen) > 100  # every node of the graph, reported one by one
+    assert torch.equal(logits[0], logits[1])

@@ -92,7 +92,10 @@ class LlamaCppVerifier:
     # run. The top-2 margin moved by up to 0.96 (scripts/llama_batch_noise.py, docs/backends.md).
     tie_margin = 1.2
 
-    def __init__(self, gguf_path: str | Path, context: int = DEFAULT_CONTEXT, threads: int | None = None):
+    def __init__(self, gguf_path: str | Path, context: int = DEFAULT_CONTEXT, threads: int | None = None,
+                 eval_callback=None):
+        """``eval_callback``: a ``llama_cpp.ggml_backend_sched_eval_callback`` that sees every
+        intermediate tensor of every pass (``scripts/llama_pass_layers.py``); None in normal use."""
         self._llama = llama = import_llama_cpp()
         path = Path(gguf_path)
         if not path.is_file():
@@ -109,6 +112,8 @@ class LlamaCppVerifier:
         context_params.n_seq_max = MAX_ROWS + 1
         context_params.kv_unified = True  # rows of one trie share the prefix's cells
         context_params.n_threads = context_params.n_threads_batch = threads or os.cpu_count() or 1
+        if eval_callback is not None:
+            context_params.cb_eval, self._eval_callback = eval_callback, eval_callback  # kept alive with the context
         self._context = llama.llama_init_from_model(self._model, context_params)
         if not self._context:
             raise ValueError(f"{path}: llama.cpp cannot make a context of {context} tokens for it")
@@ -226,7 +231,7 @@ def _sequence(row: int, rows: int) -> int:
     return 0 if rows == 1 else row + 1
 
 
-def open_gguf(spec: str, context: int = DEFAULT_CONTEXT, threads: int | None = None):
+def open_gguf(spec: str, context: int = DEFAULT_CONTEXT, threads: int | None = None, eval_callback=None):
     """(verifier, tokenizer) for a named packaged model (its GGUF as shipped, never converted
     to fp32) or a ``.gguf`` file. The tokenizer is the prepared folder's where the model was
     prepared, else transformers' reading of the GGUF's own vocabulary."""
@@ -234,13 +239,13 @@ def open_gguf(spec: str, context: int = DEFAULT_CONTEXT, threads: int | None = N
     if spec in PACKAGED_MODELS:
         path = gguf_file(spec)
         if is_prepared(PACKAGED_MODELS[spec]):
-            return LlamaCppVerifier(path, context, threads), load_tokenizer(spec)
+            return LlamaCppVerifier(path, context, threads, eval_callback), load_tokenizer(spec)
     elif Path(spec).is_file() and spec.endswith(".gguf"):
         path = Path(spec)
     else:
         raise ValueError(f"--backend llama-cpp takes a named model ({', '.join(PACKAGED_MODELS)}) or a .gguf file, "
                          f"got {spec!r}")
-    verifier = LlamaCppVerifier(path, context, threads)
+    verifier = LlamaCppVerifier(path, context, threads, eval_callback)
     return verifier, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
