@@ -27,9 +27,9 @@ from specdiff.prompting import encode_conversation
 from specdiff.run_folder import check_same_settings
 from specdiff.tree.build import check_tree_config
 
-# quick: the torch methods on the verifier's own weights (no 0.5B assistant: hf-assisted, sd-ar and
-# the specdiff-v1/specdiff2 ablations would add its 2 GB, and the run would no longer fit in 10 GB)
-# beside the llama.cpp backend's, side by side
+# quick: the torch methods on the verifier's own weights beside the llama.cpp backend's (not the
+# 0.5B assistant's: hf-assisted, sd-ar and the specdiff-v1/specdiff2 ablations would add its 2 GB
+# in fp32 to a run that already needs about 11 GB at full speed)
 QUICK_METHODS = ("ar", "ar-engine", "prompt-lookup", "specdiff", "dflash", "llama", "llama-specdiff", "llama-prompt-lookup")
 PRESETS = {"quick": dict(dataset="humaneval", limit=3, max_new_tokens=64, methods=",".join(QUICK_METHODS))}
 

@@ -82,7 +82,7 @@ def register(commands) -> None:
     bench = commands.add_parser("bench", help="measure every method on the same verifier, prompts and machine")
     bench.add_argument("--out", default="runs/bench", help="output folder (reruns skip finished records)")
     bench.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help=f"quick: 3 HumanEval prompts x 64 tokens, {', '.join(QUICK_METHODS)} (fits in 10 GB)")
+                       help=f"quick: 3 HumanEval prompts x 64 tokens, {', '.join(QUICK_METHODS)}")
     add_dataclass_args(bench, BenchConfig, skip=("settings",))
     add_dataclass_args(bench, MethodSettings, skip=("tree",))
     add_tree_args(bench)
